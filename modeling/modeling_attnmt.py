@@ -1,0 +1,749 @@
+"""AttnMT: the Transformer encoder-decoder of "Attention Is All You Need", written out to be read.
+
+Everything the forward pass needs is in this file; it ships to the Hub as remote code beside
+`configuration_attnmt.py` and depends on torch and transformers only.
+
+Reading order: `eager_attention_forward` (the formula), `build_attention_mask` (padding and causality),
+`AttnMTAttention` (projections, heads, KV cache), the encoder and decoder blocks and stacks, and finally
+`AttnMTForConditionalGeneration` (loss and generation).
+
+Shape legend used in comments:
+    B  batch size              T  target (query) length      S  source (key) length
+    D  d_model                 H  number of heads            Dh head size = D / H
+    V  vocabulary size         P  cached (past) target positions
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.deprecation import deprecate_kwarg
+
+from .configuration_attnmt import AttnMTConfig
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention, the formula
+# ---------------------------------------------------------------------------------------------------
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled dot-product attention, softmax(Q·Kᵀ/√d_k + mask)·V, one line per step of the paper.
+
+    Args:
+        module: the calling attention module (its `training` flag switches dropout on and off).
+        query: (B, H, T, Dh). key, value: (B, H, S, Dh).
+        attention_mask: additive float mask broadcastable to (B, H, T, S): 0 where a query may look,
+            `finfo(dtype).min` where it may not (see `build_attention_mask`); or a bool mask, True = may look.
+        scaling: 1/√Dh. Dot products of Dh-dimensional vectors grow like √Dh; without the scaling the
+            softmax saturates and its gradients vanish.
+        dropout: probability of dropping an attention weight (training only).
+        **kwargs: accepted for signature compatibility with transformers' attention registry and ignored.
+
+    Returns:
+        output (B, T, H, Dh), ready for the heads to be merged, and the weights (B, H, T, S).
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, H, T, S)
+    # The softmax runs in float32: in half precision exp() overflows and small weights round to zero.
+    scores = scores.float()
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(torch.float32).min)
+        else:
+            scores = scores + attention_mask.float()
+    # A masked score is a large *finite* negative number, so a row that is entirely masked (a padding
+    # query) becomes a uniform distribution instead of NaN, and its output is simply ignored later.
+    weights = F.softmax(scores, dim=-1).to(query.dtype)  # (B, H, T, S), each row sums to 1
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value)  # (B, H, T, Dh): each query's weighted sum of the values
+    output = output.transpose(1, 2).contiguous()  # (B, T, H, Dh)
+    return output, weights
+
+
+def build_attention_mask(
+    padding_mask: torch.Tensor | None,
+    query_length: int,
+    key_length: int,
+    dtype: torch.dtype,
+    causal: bool = False,
+) -> torch.Tensor | None:
+    """The one additive mask that attention adds to its scores: padding and causality together.
+
+    Args:
+        padding_mask: (B, S) with 1 for real tokens and 0 for padding (the `attention_mask` convention of
+            the tokenizers), or None when nothing is padded.
+        query_length: T. key_length: S; with a KV cache S = P + T and the T queries are the last positions.
+        dtype: dtype of the scores; masked entries get `torch.finfo(dtype).min`.
+        causal: forbid each query position to see later key positions (decoder self-attention).
+
+    Returns:
+        A float tensor broadcastable to (B, 1, T, S) holding 0 where attention is allowed and
+        `finfo(dtype).min` where it is not, or None when nothing needs masking.
+    """
+    allowed = None
+    if padding_mask is not None and not bool(padding_mask.all()):
+        allowed = padding_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+    if causal and query_length > 1:
+        device = padding_mask.device if padding_mask is not None else None
+        query_positions = torch.arange(key_length - query_length, key_length, device=device)[:, None]  # (T, 1)
+        key_positions = torch.arange(key_length, device=device)[None, :]  # (1, S)
+        causal_allowed = (key_positions <= query_positions)[None, None]  # (1, 1, T, S)
+        allowed = causal_allowed if allowed is None else allowed & causal_allowed
+    if allowed is None:
+        return None
+    # A single mask filled once with finfo.min (never two masks added together, which could overflow to
+    # -inf and make a fully masked row NaN).
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+class AttnMTAttention(nn.Module):
+    """Multi-head attention: one module for encoder self-attention, masked decoder self-attention and
+    decoder cross-attention.
+
+    Queries come from `hidden_states`; keys and values come from `hidden_states` too (self-attention) or
+    from `key_value_states`, the encoder output (cross-attention). Each of the H heads attends in its own
+    Dh-dimensional subspace, and the heads' outputs are concatenated and mixed by `out_proj`.
+    """
+
+    def __init__(self, config: AttnMTConfig, num_heads: int, is_causal: bool, layer_idx: int | None = None):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.d_model
+        self.num_heads = num_heads
+        self.head_dim = config.d_model // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        # Read by the sdpa back-end: a causal module with no explicit mask uses sdpa's own causal kernel.
+        # Encoder and cross-attention must say False, or sdpa would apply a causal mask to them.
+        self.is_causal = is_causal
+        self.layer_idx = layer_idx
+
+        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+
+    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
+        B, L, _ = states.shape
+        return states.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, Dh)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: EncoderDecoderCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        Args:
+            hidden_states: (B, T, D), the queries' source.
+            key_value_states: (B, S, D) encoder output for cross-attention; None for self-attention.
+            attention_mask: additive mask from `build_attention_mask`, broadcastable to (B, 1, T, S).
+            cache: the generation cache. Self-attention appends this step's keys/values to it;
+                cross-attention projects the encoder output once and reuses it at every later step.
+
+        Returns:
+            output (B, T, D) and attention weights (B, H, T, S) under the eager implementation (else None).
+        """
+        B, T, _ = hidden_states.shape
+        is_cross_attention = key_value_states is not None
+        query = self._split_heads(self.q_proj(hidden_states))  # (B, H, T, Dh)
+
+        if is_cross_attention and cache is not None and cache.is_updated.get(self.layer_idx):
+            # The encoder output does not change while decoding: reuse its keys/values from the first step.
+            cached = cache.cross_attention_cache.layers[self.layer_idx]
+            key, value = cached.keys, cached.values  # (B, H, S, Dh)
+        else:
+            source = key_value_states if is_cross_attention else hidden_states
+            key = self._split_heads(self.k_proj(source))  # (B, H, S, Dh)
+            value = self._split_heads(self.v_proj(source))  # (B, H, S, Dh)
+            if cache is not None:
+                if is_cross_attention:
+                    key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
+                    cache.is_updated[self.layer_idx] = True
+                else:
+                    # Append this step's keys/values; returns all of them: (B, H, P + T, Dh).
+                    key, value = cache.self_attention_cache.update(key, value, self.layer_idx)
+
+        # "eager" is the formula above; any other name ("sdpa") is looked up in transformers' registry.
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+        )  # output: (B, T, H, Dh)
+        output = output.reshape(B, T, self.embed_dim)  # merge heads: (B, T, D)
+        return self.out_proj(output), weights
+
+
+# ---------------------------------------------------------------------------------------------------
+# Embeddings
+# ---------------------------------------------------------------------------------------------------
+
+
+class AttnMTSinusoidalPositionalEmbedding(nn.Module):
+    """Fixed positions: PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(pos / 10000^(2i/D)).
+
+    The table is a non-persistent buffer: it is not saved, and `_init_weights` rebuilds it after loading.
+    """
+
+    def __init__(self, num_positions: int, embedding_dim: int):
+        super().__init__()
+        self.num_positions = num_positions
+        self.embedding_dim = embedding_dim
+        self.register_buffer("weight", self.create_weight(num_positions, embedding_dim), persistent=False)
+
+    @staticmethod
+    def create_weight(num_positions: int, embedding_dim: int) -> torch.Tensor:
+        position = torch.arange(num_positions, dtype=torch.float32)[:, None]  # (N, 1)
+        inverse_frequency = torch.exp(
+            torch.arange(0, embedding_dim, 2, dtype=torch.float32) * (-math.log(10000.0) / embedding_dim)
+        )  # (ceil(D/2),)
+        table = torch.zeros(num_positions, embedding_dim)
+        table[:, 0::2] = torch.sin(position * inverse_frequency)
+        table[:, 1::2] = torch.cos(position * inverse_frequency[: embedding_dim // 2])
+        return table  # (N, D)
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[position_ids]
+
+
+def _position_embedding(config: AttnMTConfig) -> nn.Module:
+    if config.position_embedding_type == "learned":
+        return nn.Embedding(config.max_position_embeddings, config.d_model)
+    return AttnMTSinusoidalPositionalEmbedding(config.max_position_embeddings, config.d_model)
+
+
+def _positions(start: int, length: int, max_positions: int, device: torch.device, side: str) -> torch.Tensor:
+    if start + length > max_positions:
+        raise ValueError(
+            f"The {side} sequence has {start + length} tokens but the model's position table holds "
+            f"max_position_embeddings={max_positions}. Truncate the input (tokenizer `max_length=`, "
+            f"generate `max_new_tokens=`) or build the model with a larger max_position_embeddings."
+        )
+    return torch.arange(start, start + length, device=device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------------------------------
+
+
+class AttnMTFeedForward(nn.Module):
+    """Position-wise feed-forward: fc2(dropout(act(fc1(x))))."""
+
+    def __init__(self, config: AttnMTConfig, ffn_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, config.d_model)
+        self.activation = ACT2FN[config.activation_function]
+        self.activation_dropout = config.activation_dropout
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.activation(self.fc1(hidden_states))
+        hidden_states = F.dropout(hidden_states, p=self.activation_dropout, training=self.training)
+        return self.fc2(hidden_states)
+
+
+class AttnMTEncoderLayer(GradientCheckpointingLayer):
+    """Self-attention, then feed-forward; each wrapped as `x + dropout(f(LN(x)))` (pre-norm) or
+    `LN(x + dropout(f(x)))` (post-norm, the paper's placement)."""
+
+    def __init__(self, config: AttnMTConfig):
+        super().__init__()
+        self.normalize_before = config.normalize_before
+        self.dropout = config.dropout
+        self.self_attn = AttnMTAttention(config, config.encoder_attention_heads, is_causal=False)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.ffn = AttnMTFeedForward(config, config.encoder_ffn_dim)
+        self.final_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+        hidden_states, attention_weights = self.self_attn(hidden_states, attention_mask=attention_mask)
+        hidden_states = residual + F.dropout(hidden_states, p=self.dropout, training=self.training)
+        if not self.normalize_before:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        hidden_states = self.ffn(hidden_states)
+        hidden_states = residual + F.dropout(hidden_states, p=self.dropout, training=self.training)
+        if not self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        return hidden_states, attention_weights
+
+
+class AttnMTDecoderLayer(GradientCheckpointingLayer):
+    """Masked self-attention, cross-attention over the encoder output, then feed-forward."""
+
+    def __init__(self, config: AttnMTConfig, layer_idx: int):
+        super().__init__()
+        self.normalize_before = config.normalize_before
+        self.dropout = config.dropout
+        heads = config.decoder_attention_heads
+        self.self_attn = AttnMTAttention(config, heads, is_causal=True, layer_idx=layer_idx)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.encoder_attn = AttnMTAttention(config, heads, is_causal=False, layer_idx=layer_idx)
+        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.ffn = AttnMTFeedForward(config, config.decoder_ffn_dim)
+        self.final_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+
+    def _sublayer(self, norm: nn.LayerNorm, sublayer: Callable, hidden_states: torch.Tensor):
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = norm(hidden_states)
+        hidden_states, weights = sublayer(hidden_states)
+        hidden_states = residual + F.dropout(hidden_states, p=self.dropout, training=self.training)
+        if not self.normalize_before:
+            hidden_states = norm(hidden_states)
+        return hidden_states, weights
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        self_attention_mask: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None,
+        cache: EncoderDecoderCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        hidden_states, self_weights = self._sublayer(
+            self.self_attn_layer_norm,
+            lambda x: self.self_attn(x, attention_mask=self_attention_mask, cache=cache),
+            hidden_states,
+        )
+        hidden_states, cross_weights = self._sublayer(
+            self.encoder_attn_layer_norm,
+            lambda x: self.encoder_attn(
+                x,
+                key_value_states=encoder_hidden_states,
+                attention_mask=encoder_attention_mask,
+                cache=cache,
+            ),
+            hidden_states,
+        )
+        hidden_states, _ = self._sublayer(self.final_layer_norm, lambda x: (self.ffn(x), None), hidden_states)
+        return hidden_states, self_weights, cross_weights
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stacks
+# ---------------------------------------------------------------------------------------------------
+
+
+class AttnMTPreTrainedModel(PreTrainedModel):
+    config_class = AttnMTConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["AttnMTEncoderLayer", "AttnMTDecoderLayer"]
+    _supports_sdpa = True
+    _can_compile_fullgraph = False
+
+    def _init_weights(self, module: nn.Module):
+        """Xavier-uniform projections and N(0, D^-1/2) embeddings (so that after the √D scaling a token
+        embedding has unit variance), as fairseq and tensor2tensor initialise the Transformer."""
+        if isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=self.config.d_model**-0.5)
+            # Sliced tensors lose the "already loaded" flag, so check it before zeroing the padding row.
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, AttnMTSinusoidalPositionalEmbedding):
+            # Non-persistent buffers are not in the checkpoint: rebuild the table after every load.
+            init.copy_(module.weight, module.create_weight(module.num_positions, module.embedding_dim))
+
+
+class AttnMTEncoder(nn.Module):
+    """Token embeddings × √D + positions, dropout, `encoder_layers` blocks, and a final LayerNorm (pre-norm)."""
+
+    def __init__(self, config: AttnMTConfig):
+        super().__init__()
+        self.config = config
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        self.embed_positions = _position_embedding(config)
+        self.layers = nn.ModuleList([AttnMTEncoderLayer(config) for _ in range(config.encoder_layers)])
+        self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.normalize_before else None
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+    ) -> BaseModelOutput | tuple:
+        """
+        Args:
+            input_ids: (B, S) source token ids.
+            attention_mask: (B, S), 1 for tokens and 0 for padding.
+            inputs_embeds: (B, S, D) instead of `input_ids` (already scaled, positions not yet added).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds to the encoder.")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids) * self.embed_scale  # (B, S, D)
+        B, S, _ = inputs_embeds.shape
+        positions = _positions(0, S, self.config.max_position_embeddings, inputs_embeds.device, "source")
+        hidden_states = inputs_embeds + self.embed_positions(positions).to(inputs_embeds.dtype)
+        hidden_states = F.dropout(hidden_states, p=self.config.dropout, training=self.training)
+
+        mask = build_attention_mask(attention_mask, S, S, hidden_states.dtype)  # (B, 1, 1, S) or None
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states, weights = layer(hidden_states, mask)
+            if output_attentions:
+                all_attentions += (weights,)
+        if self.layer_norm is not None:
+            hidden_states = self.layer_norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        if not return_dict:
+            return tuple(v for v in (hidden_states, all_hidden_states, all_attentions) if v is not None)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        )
+
+
+class AttnMTDecoder(nn.Module):
+    """Target embeddings × √D + positions, `decoder_layers` blocks, and a final LayerNorm (pre-norm)."""
+
+    def __init__(self, config: AttnMTConfig):
+        super().__init__()
+        self.config = config
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        self.embed_positions = _position_embedding(config)
+        self.layers = nn.ModuleList([AttnMTDecoderLayer(config, i) for i in range(config.decoder_layers)])
+        self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.normalize_before else None
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache: EncoderDecoderCache | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None, tuple | None]:
+        """
+        Args:
+            input_ids: (B, T) decoder input ids (only the new ones when a cache is given).
+            encoder_hidden_states: (B, S, D).
+            attention_mask: (B, P + T) decoder padding mask, or None (right padding never needs one:
+                causality already hides later positions).
+            encoder_attention_mask: (B, S) source padding mask.
+            cache: cache of earlier steps; P = its length.
+
+        Returns:
+            hidden states (B, T, D), all hidden states, self-attention weights, cross-attention weights.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of decoder_input_ids or decoder_inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids) * self.embed_scale  # (B, T, D)
+        B, T, _ = inputs_embeds.shape
+        S = encoder_hidden_states.shape[1]
+        past_length = cache.get_seq_length() if cache is not None else 0  # P
+        positions = _positions(past_length, T, self.config.max_position_embeddings, inputs_embeds.device, "target")
+        hidden_states = inputs_embeds + self.embed_positions(positions).to(inputs_embeds.dtype)
+        hidden_states = F.dropout(hidden_states, p=self.config.dropout, training=self.training)
+
+        dtype = hidden_states.dtype
+        if self.config._attn_implementation == "sdpa" and attention_mask is None and past_length == 0:
+            # No mask: sdpa sees `is_causal` on the module and runs its fused causal kernel.
+            self_attention_mask = None
+        else:
+            self_attention_mask = build_attention_mask(attention_mask, T, past_length + T, dtype, causal=True)
+        cross_attention_mask = build_attention_mask(encoder_attention_mask, T, S, dtype)  # (B, 1, 1, S) or None
+
+        all_hidden_states = () if output_hidden_states else None
+        all_self_attentions = () if output_attentions else None
+        all_cross_attentions = () if output_attentions else None
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states, self_weights, cross_weights = layer(
+                hidden_states,
+                self_attention_mask,
+                encoder_hidden_states,
+                cross_attention_mask,
+                cache=cache,
+            )
+            if output_attentions:
+                all_self_attentions += (self_weights,)
+                all_cross_attentions += (cross_weights,)
+        if self.layer_norm is not None:
+            hidden_states = self.layer_norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        return hidden_states, all_hidden_states, all_self_attentions, all_cross_attentions
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------
+
+
+class AttnMTModel(AttnMTPreTrainedModel):
+    """The bare encoder-decoder, returning decoder hidden states (no output projection)."""
+
+    def __init__(self, config: AttnMTConfig):
+        super().__init__(config)
+        # One joint vocabulary: source embeddings, target embeddings (and, in the LM head, the output
+        # projection) are the same matrix when `tie_word_embeddings` is True.
+        self.shared = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        self._tied_weights_keys = {
+            "encoder.embed_tokens.weight": "shared.weight",
+            "decoder.embed_tokens.weight": "shared.weight",
+        }
+        self.encoder = AttnMTEncoder(config)
+        self.decoder = AttnMTDecoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.shared
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.shared = value
+        if self.config.tie_word_embeddings:
+            self.encoder.embed_tokens = value
+            self.decoder.embed_tokens = value
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> Seq2SeqModelOutput | tuple:
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                "output_attentions=True needs the eager attention (sdpa never materialises the weights): load "
+                "with attn_implementation='eager' or call model.set_attn_implementation('eager')."
+            )
+
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+            )
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(
+                last_hidden_state=encoder_outputs[0],
+                hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
+                attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
+            )
+
+        if cache is not None and not isinstance(cache, EncoderDecoderCache):
+            raise TypeError(
+                f"cache must be a transformers EncoderDecoderCache, got {type(cache).__name__}. "
+                "Tuple caches were removed in transformers 5; let generate() build the cache, or pass "
+                "EncoderDecoderCache(DynamicCache(), DynamicCache())."
+            )
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        if not use_cache:
+            cache = None
+
+        decoder_hidden, decoder_states, decoder_self_attn, cross_attn = self.decoder(
+            input_ids=decoder_input_ids,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            attention_mask=decoder_attention_mask,
+            encoder_attention_mask=attention_mask,
+            inputs_embeds=decoder_inputs_embeds,
+            cache=cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        output = Seq2SeqModelOutput(
+            last_hidden_state=decoder_hidden,
+            cache=cache,
+            decoder_hidden_states=decoder_states,
+            decoder_attentions=decoder_self_attn,
+            cross_attentions=cross_attn,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Teacher forcing: the decoder reads [start, y1, ..., y_{T-1}] and is trained to predict [y1, ..., yT].
+    Ignored label positions (-100) become padding."""
+    decoder_input_ids = labels.new_full(labels.shape, pad_token_id)
+    decoder_input_ids[:, 1:] = labels[:, :-1]
+    decoder_input_ids[:, 0] = decoder_start_token_id
+    return decoder_input_ids.masked_fill(decoder_input_ids == -100, pad_token_id)
+
+
+class AttnMTForConditionalGeneration(AttnMTPreTrainedModel, GenerationMixin):
+    """AttnMT with the output projection to the vocabulary: what `generate()`, `Seq2SeqTrainer` and
+    `AutoModelForSeq2SeqLM` use."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.shared.weight"}
+
+    def __init__(self, config: AttnMTConfig):
+        super().__init__(config)
+        self.model = AttnMTModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+        # Translation defaults (a saved generation_config.json overrides them on load): transformers'
+        # generic max_length=20 would cut most sentences.
+        self.generation_config.max_length = config.max_position_embeddings
+        self.generation_config.num_beams = 5
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear):
+        self.lm_head = new_embeddings
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> Seq2SeqLMOutput | tuple:
+        r"""
+        Args:
+            input_ids: (B, S) source token ids; attention_mask (B, S): 1 = token, 0 = padding.
+            decoder_input_ids: (B, T) target-side inputs; built from `labels` by shifting right when omitted.
+            labels: (B, T) target ids; -100 marks positions left out of the loss (padding).
+            cache: an `EncoderDecoderCache` (generate() creates and passes it).
+
+        Returns:
+            `Seq2SeqLMOutput` with `loss` (mean token cross-entropy, label-smoothed by
+            `config.label_smoothing`) when labels are given, and `logits` (B, T, V).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if labels is not None:
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+            use_cache = False  # training: the whole target is known, nothing to cache
+
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
+
+        loss = None
+        if labels is not None:
+            # Label smoothing moves a little probability mass to every other token: the model is penalised
+            # for over-confidence, which costs perplexity but improves BLEU (Szegedy et al.; Vaswani et al.).
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.shape[-1]),
+                labels.to(logits.device).view(-1),
+                ignore_index=-100,
+                label_smoothing=self.config.label_smoothing,
+            )
+
+        output = Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "AttnMTPreTrainedModel",
+    "AttnMTModel",
+    "AttnMTForConditionalGeneration",
+    "eager_attention_forward",
+    "build_attention_mask",
+]
