@@ -1,0 +1,83 @@
+"""Fill `model_card.md` (the repository's template) with what a run measured, plus Hub metadata."""
+
+import string
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+
+
+def _dataset_name(config) -> str:
+    if config.dataset_name:
+        return config.dataset_name
+    if config.data_dir:
+        name = Path(config.data_dir).name
+        return "Multi30k (task 1)" if name.lower() == "multi30k" else name
+    return Path(config.train_file).name if config.train_file else "custom corpus"
+
+
+def eval_results(results: dict, config, dataset: str) -> list[EvalResult]:
+    entries = []
+    for split in ("validation", "test"):
+        if split not in results:
+            continue
+        split_name = getattr(config, f"{split}_split") or split
+        for metric, key in (("bleu", "bleu"), ("bleu", "bleu_lowercase"), ("chrf", "chrf")):
+            entries.append(EvalResult(
+                task_type="translation", dataset_type=dataset, dataset_name=dataset, dataset_split=split_name,
+                metric_type=metric, metric_name=f"{key} ({split_name})", metric_value=round(results[split][key], 2),
+                metric_config=results[split][f"{key}_signature"],
+            ))
+    return entries
+
+
+def render_model_card(model, config, results: dict, model_id: str | None = None) -> str:
+    """Return the README.md text (YAML metadata + filled template) for an exported model."""
+    dataset = _dataset_name(config)
+    model_id = model_id or config.hub_model_id or "path/to/model"
+    rows, signatures = [], []
+    for split in ("validation", "test"):
+        if split in results:
+            r = results[split]
+            rows.append(f"| {getattr(config, f'{split}_split') or split} | {r['num_sentences']} | {r['bleu']:.2f} | "
+                        f"{r['bleu_lowercase']:.2f} | {r['chrf']:.2f} |")
+            signatures.append(f"- {split} BLEU: `{r['bleu_signature']}`\n- {split} lowercased BLEU: "
+                              f"`{r['bleu_lowercase_signature']}`\n- {split} chrF: `{r['chrf_signature']}`")
+    c = model.config
+    selection = results.get("selection", {})
+    selected = (f"average of checkpoints {', '.join(selection.get('averaged_checkpoints', []))}"
+                if selection.get("selected") == "average"
+                else f"best validation BLEU (step {selection.get('best_step')})")
+    hours = results.get("train_seconds", 0) / 3600
+    example = results.get("example", {})
+    values = {
+        "model_name": Path(model_id).name, "model_id": model_id, "source_lang": config.source_lang,
+        "target_lang": config.target_lang, "dataset": dataset, "results_table": "\n".join(rows),
+        "signatures": "\n".join(signatures), "num_beams": config.num_beams, "length_penalty": config.length_penalty,
+        "max_new_tokens": config.max_new_tokens, "selection": selected,
+        "example_source": example.get("source", "A man is riding a bicycle."),
+        "example_translation": example.get("translation", ""),
+        "encoder_layers": c.encoder_layers, "decoder_layers": c.decoder_layers, "d_model": c.d_model,
+        "heads": c.encoder_attention_heads, "ffn_dim": c.encoder_ffn_dim,
+        "norm_placement": "pre-norm (x + f(LN(x)))" if c.normalize_before else "post-norm (LN(x + f(x)), as in the paper)",
+        "position_embedding_type": c.position_embedding_type, "activation_function": c.activation_function,
+        "vocab_size": c.vocab_size, "tokenizer_type": config.tokenizer_type, "tied": c.tie_word_embeddings,
+        "num_parameters": f"{results.get('num_parameters', 0):,}", "num_train_pairs": f"{results.get('num_train_pairs', 0):,}",
+        "completed_steps": results.get("completed_steps"),
+        "batching": (f"≤ {config.max_tokens_per_batch} tokens per batch" if config.max_tokens_per_batch
+                     else f"{config.per_device_train_batch_size} sentences per batch"),
+        "gradient_accumulation_steps": config.gradient_accumulation_steps, "adam_beta1": config.adam_beta1,
+        "adam_beta2": config.adam_beta2, "learning_rate": config.learning_rate,
+        "lr_scheduler_type": config.lr_scheduler_type, "num_warmup_steps": config.num_warmup_steps,
+        "dropout": c.dropout, "label_smoothing": config.label_smoothing, "weight_decay": config.weight_decay,
+        "mixed_precision": config.mixed_precision, "train_time": f"{hours:.2f} h ({results.get('train_seconds', 0):.0f} s)",
+        "hardware": results.get("hardware", "unknown"),
+    }
+    body = string.Template(TEMPLATE.read_text()).substitute(values)
+    data = ModelCardData(
+        language=[config.source_lang, config.target_lang], license="apache-2.0", library_name="transformers",
+        pipeline_tag="translation", tags=["translation", "attnmt", "custom_code"], datasets=[dataset],
+        metrics=["bleu", "chrf"], model_name=Path(model_id).name, eval_results=eval_results(results, config, dataset),
+    )
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))

@@ -1,0 +1,518 @@
+"""Train (or fine-tune) an AttnMT translation model with accelerate, and export it Hub-ready.
+
+    python train.py --config configs/train/multi30k_en_de.yaml
+    accelerate launch --multi_gpu --num_processes 2 train.py --config ... --cpu     # 2 CPU processes
+    python train.py --config ... --resume_from_checkpoint latest                   # continue a stopped run
+
+Reads top to bottom: load_config -> build_tokenizer -> build_model -> build_dataloaders -> train
+(with evaluate every eval_steps) -> finalize (best or averaged weights, test BLEU, model card, export,
+optional push to the Hub). The output folder holds `checkpoints/`, `best/`, `model/` (the export),
+`all_results.json`, `train_config.yaml` and the tracker logs.
+"""
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+import yaml
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from safetensors.torch import load_file
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, get_scheduler
+
+import modeling  # noqa: F401  (registers AttnMT with the Auto classes)
+from modeling import AttnMTConfig, AttnMTForConditionalGeneration
+from mt.batching import LengthGroupedBatchSampler
+from mt.config import TrainingConfig, load_config, load_model_preset
+from mt.data import CorpusSpec, drop_blank_pairs, load_split
+from mt.export import export_model
+from mt.model_card import render_model_card
+from mt.scoring import load_metrics, score_translations, translate
+from mt.tokenizer import SPECIAL_TOKEN_IDS, check_tokenizer_matches_config, train_tokenizer
+
+logger = get_logger(__name__)
+STATE_FILE = "trainer_state.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# Setup
+# --------------------------------------------------------------------------------------------------
+
+
+def corpus_spec(config: TrainingConfig) -> CorpusSpec:
+    return CorpusSpec(
+        source_lang=config.source_lang,
+        target_lang=config.target_lang,
+        dataset_name=config.dataset_name,
+        dataset_config_name=config.dataset_config_name,
+        data_dir=config.data_dir,
+        train_file=config.train_file,
+        validation_file=config.validation_file,
+        test_file=config.test_file,
+    )
+
+
+def load_splits(config: TrainingConfig) -> dict[str, datasets.Dataset]:
+    spec = corpus_spec(config)
+    file_layout = spec.dataset_name is None and spec.data_dir is None
+    names = {"train": config.train_split, "validation": config.validation_split, "test": config.test_split}
+    splits = {}
+    for role, name in names.items():
+        if name is None or (role == "test" and file_layout and config.test_file is None):
+            continue
+        dataset = load_split(spec, role if file_layout else name)
+        splits[role] = drop_blank_pairs(dataset, role) if role == "train" else dataset
+    if config.max_train_samples:
+        splits["train"] = splits["train"].select(range(min(config.max_train_samples, len(splits["train"]))))
+    if config.max_eval_samples:
+        splits["validation"] = splits["validation"].select(range(min(config.max_eval_samples, len(splits["validation"]))))
+    return splits
+
+
+def build_tokenizer(config: TrainingConfig, train: datasets.Dataset, accelerator: Accelerator):
+    """The checkpoint's own tokenizer when fine-tuning; otherwise a joint subword tokenizer trained on the
+    training split (by the main process, saved, then loaded by every process)."""
+    if config.model_name_or_path:
+        return AutoTokenizer.from_pretrained(config.model_name_or_path, trust_remote_code=True)
+    folder = Path(config.output_dir) / "tokenizer"
+    if accelerator.is_main_process and not (folder / "tokenizer.json").is_file():
+        texts = (text for column in ("source", "target") for text in train[column])
+        tokenizer = train_tokenizer(texts, vocab_size=config.vocab_size, model=config.tokenizer_type,
+                                    model_max_length=max(config.max_source_length, config.max_target_length))
+        tokenizer.save_pretrained(folder)
+        logger.info(f"trained a {config.tokenizer_type} tokenizer with {len(tokenizer)} tokens -> {folder}")
+    accelerator.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def build_model(config: TrainingConfig, tokenizer) -> transformers.PreTrainedModel:
+    if config.model_name_or_path:
+        model = AutoModelForSeq2SeqLM.from_pretrained(config.model_name_or_path, trust_remote_code=True,
+                                                      dtype=torch.float32)
+        if config.dropout is not None and hasattr(model.config, "dropout"):
+            model.config.dropout = config.dropout
+    else:
+        preset = load_model_preset(config.model_config)
+        if config.dropout is not None:
+            preset["dropout"] = config.dropout
+        preset.update(vocab_size=len(tokenizer), decoder_start_token_id=SPECIAL_TOKEN_IDS["bos_token_id"],
+                      **SPECIAL_TOKEN_IDS)
+        model = AttnMTForConditionalGeneration(AttnMTConfig(**preset))
+    if hasattr(model.config, "label_smoothing"):
+        model.config.label_smoothing = config.label_smoothing
+    check_tokenizer_matches_config(tokenizer, model.config)
+    model.generation_config.num_beams = config.num_beams
+    model.generation_config.length_penalty = config.length_penalty
+    model.generation_config.max_new_tokens = config.max_new_tokens
+    model.generation_config.max_length = None
+    return model
+
+
+def tokenize(dataset: datasets.Dataset, tokenizer, config: TrainingConfig, split: str,
+             accelerator: Accelerator) -> datasets.Dataset:
+    """Token ids for source and labels. Training pairs that are too long are dropped and counted
+    (truncating them would teach the model to stop mid-sentence); evaluation sources are truncated."""
+    def encode(batch):
+        encoded = tokenizer(batch["source"], text_target=batch["target"])
+        return {"input_ids": encoded["input_ids"], "labels": encoded["labels"]}
+
+    with accelerator.main_process_first():
+        encoded = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc=f"tokenizing {split}")
+    if split == "train":
+        keep = [len(s) <= config.max_source_length and len(t) <= config.max_target_length
+                for s, t in zip(encoded["input_ids"], encoded["labels"])]
+        dropped = len(keep) - sum(keep)
+        if dropped:
+            logger.warning(f"train: dropped {dropped} of {len(keep)} pairs longer than max_source_length="
+                           f"{config.max_source_length} / max_target_length={config.max_target_length} tokens")
+        encoded = encoded.select([i for i, k in enumerate(keep) if k])
+        if len(encoded) == 0:
+            raise ValueError("No training pair fits max_source_length/max_target_length.")
+    return encoded
+
+
+def build_dataloaders(config, tokenizer, model, splits, accelerator):
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100, pad_to_multiple_of=8)
+    train = tokenize(splits["train"], tokenizer, config, "train", accelerator)
+    validation = tokenize(splits["validation"], tokenizer, config, "validation", accelerator)
+
+    def lengths(dataset):
+        return [len(x) for x in dataset["input_ids"]], [len(x) for x in dataset["labels"]]
+
+    train_sampler = LengthGroupedBatchSampler(*lengths(train), max_sentences=config.per_device_train_batch_size,
+                                              max_tokens=config.max_tokens_per_batch, shuffle=True, seed=config.seed)
+    validation_sampler = LengthGroupedBatchSampler(*lengths(validation), max_sentences=config.per_device_eval_batch_size,
+                                                   shuffle=False)
+    train_loader = DataLoader(train, batch_sampler=train_sampler, collate_fn=collator)
+    validation_loader = DataLoader(validation, batch_sampler=validation_sampler, collate_fn=collator)
+    return train_loader, validation_loader, train_sampler
+
+
+def build_optimizer(config: TrainingConfig, model) -> torch.optim.Optimizer:
+    # No weight decay on biases and LayerNorm gains: decaying them only hurts.
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        (no_decay if parameter.ndim < 2 else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                             eps=config.adam_epsilon)
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def validation_loss(model, loader, accelerator) -> float:
+    """Token-level cross-entropy (no label smoothing) over the whole validation split, all processes."""
+    was_training = model.training
+    model.eval()
+    total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+    for batch in loader:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       decoder_input_ids=batch["decoder_input_ids"]).logits
+        labels = batch["labels"]
+        loss_sum = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+        tokens = (labels != -100).sum()
+        total += accelerator.gather_for_metrics(loss_sum.reshape(1)).sum()
+        count += accelerator.gather_for_metrics(tokens.reshape(1)).sum()
+    model.train(was_training)
+    return (total / count).item()
+
+
+def evaluate(model, tokenizer, dataset, config, accelerator, metrics, loader=None, desc="validation") -> dict:
+    """Loss (when a loader is given) and BLEU/chrF with beam search, using the same code as eval.py."""
+    results = {}
+    if loader is not None:
+        results["loss"] = validation_loss(model, loader, accelerator)
+    hypotheses = translate(model, tokenizer, list(dataset["source"]), batch_size=config.per_device_eval_batch_size,
+                           num_beams=config.num_beams, length_penalty=config.length_penalty,
+                           max_new_tokens=config.max_new_tokens, max_source_length=config.max_source_length,
+                           accelerator=accelerator, desc=desc)
+    results.update(score_translations(hypotheses, list(dataset["target"]), metrics))
+    results["hypotheses"] = hypotheses
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+def list_checkpoints(output_dir: str) -> list[Path]:
+    folder = Path(output_dir) / "checkpoints"
+    found = [p for p in folder.glob("step_*") if (p / STATE_FILE).is_file()] if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def save_checkpoint(accelerator, state: dict, config: TrainingConfig) -> None:
+    """accelerate's save_state into a temporary folder, renamed into place when complete, then the oldest
+    checkpoints beyond keep_last_checkpoints are removed."""
+    final = Path(config.output_dir) / "checkpoints" / f"step_{state['completed_steps']:07d}"
+    temporary = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process and temporary.exists():
+        shutil.rmtree(temporary)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    if accelerator.is_main_process:
+        (temporary / STATE_FILE).write_text(json.dumps(state, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        for old in list_checkpoints(config.output_dir)[: -config.keep_last_checkpoints]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def resolve_resume(config: TrainingConfig) -> Path | None:
+    if not config.resume_from_checkpoint:
+        return None
+    if config.resume_from_checkpoint == "latest":
+        found = list_checkpoints(config.output_dir)
+        if not found:
+            logger.warning(f"--resume_from_checkpoint latest: no checkpoint in {config.output_dir}/checkpoints; "
+                           "starting from scratch")
+            return None
+        return found[-1]
+    path = Path(config.resume_from_checkpoint)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a checkpoint of this script (no {STATE_FILE}).")
+    return path
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the model weights of several checkpoints (fairseq's average_checkpoints)."""
+    average = None
+    for path in paths:
+        weights = load_file(str(path / "model.safetensors"))
+        if average is None:
+            average = {k: v.double() for k, v in weights.items()}
+        else:
+            for k, v in weights.items():
+                average[k] += v.double()
+    return {k: (v / len(paths)).float() for k, v in average.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+
+def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
+    train_loader, validation_loader, train_sampler = build_dataloaders(config, tokenizer, model, splits, accelerator)
+    optimizer = build_optimizer(config, model)
+    updates_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / config.gradient_accumulation_steps)
+    max_steps = config.max_train_steps or updates_per_epoch * config.num_train_epochs
+    num_epochs = math.ceil(max_steps / updates_per_epoch)
+    scheduler = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=config.num_warmup_steps,
+                              num_training_steps=max_steps)
+    model, optimizer, train_loader, validation_loader = accelerator.prepare(model, optimizer, train_loader,
+                                                                           validation_loader)
+    # The scheduler is stepped by hand once per optimizer update (not per process), and saved with the state.
+    accelerator.register_for_checkpointing(scheduler)
+
+    state = {"completed_steps": 0, "epoch": 0, "batches_in_epoch": 0, "best_bleu": -1.0, "best_step": None,
+             "evaluations_without_improvement": 0, "train_seconds": 0.0, "history": []}
+    resume = resolve_resume(config)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        state = json.loads((resume / STATE_FILE).read_text())
+        logger.info(f"resumed from {resume} at step {state['completed_steps']} (epoch {state['epoch']})")
+
+    every = int(config.checkpointing_steps) if str(config.checkpointing_steps).isdigit() else None
+    logger.info(f"{len(splits['train'])} training pairs, {len(train_loader)} batches/epoch/process, "
+                f"{updates_per_epoch} updates/epoch, {max_steps} updates over {num_epochs} epochs, "
+                f"{accelerator.num_processes} process(es) on {accelerator.device}")
+    progress = tqdm(total=max_steps, initial=state["completed_steps"], desc="training",
+                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    model.train()
+    window_loss, window_batches, window_tokens, window_start, stop = 0.0, 0, 0, time.perf_counter(), False
+    session_start, seconds_before = time.perf_counter(), state["train_seconds"]
+
+    def run_validation():
+        results = evaluate(model, tokenizer, splits["validation"], config, accelerator, metrics, validation_loader)
+        improved = results["bleu"] > state["best_bleu"]
+        record = {"step": state["completed_steps"], "loss": results["loss"], "bleu": results["bleu"],
+                  "bleu_lowercase": results["bleu_lowercase"], "chrf": results["chrf"]}
+        state["history"].append(record)
+        logger.info(f"validation @ step {record['step']} | loss {record['loss']:.3f} | BLEU {record['bleu']:.2f} "
+                    f"| lc-BLEU {record['bleu_lowercase']:.2f} | chrF {record['chrf']:.2f}"
+                    + (" | new best" if improved else ""))
+        accelerator.log({f"validation/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
+        if improved:
+            state.update(best_bleu=results["bleu"], best_step=record["step"], evaluations_without_improvement=0)
+            if accelerator.is_main_process:
+                export_model(accelerator.unwrap_model(model), tokenizer, Path(config.output_dir) / "best")
+        else:
+            state["evaluations_without_improvement"] += 1
+        accelerator.wait_for_everyone()
+        patience = config.early_stopping_patience
+        return patience is not None and state["evaluations_without_improvement"] >= patience
+
+    while state["epoch"] < num_epochs and not stop:
+        train_sampler.set_epoch(state["epoch"])
+        loader = train_loader
+        if state["batches_in_epoch"]:
+            loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            state["batches_in_epoch"] += 1
+            window_loss += loss.item()
+            window_batches += 1
+            window_tokens += int(batch["attention_mask"].sum() + (batch["labels"] != -100).sum())
+            if not accelerator.sync_gradients:
+                continue
+            if not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+            state["completed_steps"] += 1
+            step = state["completed_steps"]
+            progress.update(1)
+            if step % config.logging_steps == 0 or step == max_steps:
+                elapsed = time.perf_counter() - window_start
+                mean_loss = window_loss / max(1, window_batches)
+                tokens_per_second = window_tokens * accelerator.num_processes / max(elapsed, 1e-9)
+                lr = scheduler.get_last_lr()[0]
+                logger.info(f"step {step:>6} | loss {mean_loss:.4f} | lr {lr:.3e} | {tokens_per_second:,.0f} tok/s "
+                            f"| epoch {state['epoch'] + 1}")
+                accelerator.log({"train/loss": mean_loss, "train/lr": lr, "train/tokens_per_second": tokens_per_second},
+                                step=step)
+                progress.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.1e}")
+                window_loss, window_batches, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+            state["train_seconds"] = seconds_before + time.perf_counter() - session_start
+            if config.eval_steps and step % config.eval_steps == 0:
+                stop = run_validation()
+            if every and step % every == 0:
+                save_checkpoint(accelerator, state, config)
+            if step >= max_steps or stop:
+                stop = True
+                break
+        else:
+            state["epoch"] += 1
+            state["batches_in_epoch"] = 0
+            if not config.eval_steps:
+                stop = run_validation()
+            if config.checkpointing_steps == "epoch":
+                save_checkpoint(accelerator, state, config)
+    progress.close()
+    if not state["history"] or state["history"][-1]["step"] != state["completed_steps"]:
+        run_validation()
+    if not list_checkpoints(config.output_dir) or list_checkpoints(config.output_dir)[-1].name != \
+            f"step_{state['completed_steps']:07d}":
+        save_checkpoint(accelerator, state, config)
+    return state
+
+
+# --------------------------------------------------------------------------------------------------
+# Final model, export, Hub
+# --------------------------------------------------------------------------------------------------
+
+
+def finalize(config, state, tokenizer, splits, accelerator, metrics, started: float) -> dict:
+    """Pick the final weights on validation BLEU (best checkpoint, or the average of the last N when it is
+    better), score the test split, export model + tokenizer + model card, and write all_results.json."""
+    output_dir = Path(config.output_dir)
+    model = AutoModelForSeq2SeqLM.from_pretrained(output_dir / "best", trust_remote_code=True, dtype=torch.float32)
+    model.generation_config.max_length = None  # decoding length comes from max_new_tokens
+    model.to(accelerator.device)
+    selection = {"selected": "best", "best_step": state["best_step"], "best_validation_bleu": state["best_bleu"]}
+    if config.average_last_checkpoints > 1:
+        paths = list_checkpoints(config.output_dir)[-config.average_last_checkpoints:]
+        candidate = AutoModelForSeq2SeqLM.from_pretrained(output_dir / "best", trust_remote_code=True,
+                                                          dtype=torch.float32)
+        candidate.generation_config.max_length = None
+        candidate.load_state_dict(average_checkpoints(paths), strict=False)
+        candidate.tie_weights()
+        candidate.to(accelerator.device)
+        averaged = evaluate(candidate, tokenizer, splits["validation"], config, accelerator, metrics,
+                            desc="validation (averaged)")
+        selection["averaged_checkpoints"] = [p.name for p in paths]
+        selection["averaged_validation_bleu"] = averaged["bleu"]
+        logger.info(f"average of {len(paths)} checkpoints: validation BLEU {averaged['bleu']:.2f} "
+                    f"(best single: {state['best_bleu']:.2f})")
+        if averaged["bleu"] > state["best_bleu"]:
+            model, selection["selected"] = candidate, "average"
+    validation = evaluate(model, tokenizer, splits["validation"], config, accelerator, metrics, desc="validation")
+    results = {"validation": {k: v for k, v in validation.items() if k != "hypotheses"}, "selection": selection,
+               "example": {"source": splits["validation"][0]["source"], "translation": validation["hypotheses"][0]}}
+    if "test" in splits:
+        test = evaluate(model, tokenizer, splits["test"], config, accelerator, metrics, desc="test")
+        results["test"] = {k: v for k, v in test.items() if k != "hypotheses"}
+        if accelerator.is_main_process:
+            (output_dir / "test_hypotheses.txt").write_text("\n".join(test["hypotheses"]) + "\n")
+    results.update(
+        train_seconds=round(state["train_seconds"], 1),
+        wall_seconds=round(time.time() - started, 1),
+        completed_steps=state["completed_steps"],
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        num_train_pairs=len(splits["train"]),
+        hardware=describe_hardware(accelerator),
+        config=config.to_dict(),
+        history=state["history"],
+    )
+    if accelerator.is_main_process:
+        card = render_model_card(model, config, results)
+        export_dir = output_dir / "model"
+        export_model(model, tokenizer, export_dir, model_card=card)
+        write_json_atomic(export_dir / "all_results.json", results)
+        write_json_atomic(output_dir / "all_results.json", results)
+        logger.info(f"exported to {export_dir}")
+        if config.push_to_hub:
+            push_to_hub(export_dir, config.hub_model_id)
+    accelerator.wait_for_everyone()
+    return results
+
+
+def describe_hardware(accelerator: Accelerator) -> str:
+    if accelerator.device.type == "cuda":
+        return f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
+    return f"{accelerator.num_processes} process(es), CPU with {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    os.replace(temporary, path)
+
+
+def push_to_hub(folder: Path, repo_id: str) -> None:
+    """Upload the export folder (never the checkpoints). The token comes from HF_TOKEN or `hf auth login`;
+    it is never logged or written."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload AttnMT translation model")
+    except Exception as error:  # noqa: BLE001 - network, auth and HTTP errors all end here
+        raise RuntimeError(
+            f"Push to the Hub failed ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+            f"The export is complete at {folder}; upload it later with `hf upload {repo_id} {folder}` "
+            "once online and logged in (HF_TOKEN or `hf auth login`)."
+        ) from None
+    logger.info(f"pushed {folder} to https://huggingface.co/{repo_id}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    config = load_config(argv)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        cpu=config.cpu,
+        log_with=config.report_to if config.with_tracking else None,
+        project_dir=config.output_dir,
+    )
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    if not accelerator.is_local_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    datasets.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.set_verbosity_warning()
+    set_seed(config.seed)
+    started = time.time()
+
+    output_dir = Path(config.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    logger.info("resolved config:\n" + yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if config.with_tracking:
+        accelerator.init_trackers("attnmt", config={k: v for k, v in config.to_dict().items() if v is not None})
+
+    splits = load_splits(config)
+    tokenizer = build_tokenizer(config, splits["train"], accelerator)
+    model = build_model(config, tokenizer)
+    metrics = load_metrics()
+    state = train(config, model, tokenizer, splits, accelerator, metrics)
+    results = finalize(config, state, tokenizer, splits, accelerator, metrics, started)
+    summary = " | ".join(f"{split} BLEU {results[split]['bleu']:.2f} (lc {results[split]['bleu_lowercase']:.2f}, "
+                         f"chrF {results[split]['chrf']:.2f})" for split in ("validation", "test") if split in results)
+    logger.info(f"done in {results['wall_seconds']:.0f}s | {summary}")
+    if config.with_tracking:
+        accelerator.end_training()
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
