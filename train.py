@@ -74,10 +74,10 @@ def load_splits(config: TrainingConfig) -> dict[str, datasets.Dataset]:
             continue
         dataset = load_split(spec, role if file_layout else name)
         splits[role] = drop_blank_pairs(dataset, role) if role == "train" else dataset
-    if config.max_train_samples:
-        splits["train"] = splits["train"].select(range(min(config.max_train_samples, len(splits["train"]))))
-    if config.max_eval_samples:
-        splits["validation"] = splits["validation"].select(range(min(config.max_eval_samples, len(splits["validation"]))))
+    limits = {"train": config.max_train_samples, "validation": config.max_eval_samples, "test": config.max_test_samples}
+    for role, limit in limits.items():
+        if limit and role in splits:
+            splits[role] = splits[role].select(range(min(limit, len(splits[role]))))
     return splits
 
 
@@ -155,8 +155,12 @@ def build_dataloaders(config, tokenizer, model, splits, accelerator):
                                               max_tokens=config.max_tokens_per_batch, shuffle=True, seed=config.seed)
     validation_sampler = LengthGroupedBatchSampler(*lengths(validation), max_sentences=config.per_device_eval_batch_size,
                                                    shuffle=False)
-    train_loader = DataLoader(train, batch_sampler=train_sampler, collate_fn=collator)
-    validation_loader = DataLoader(validation, batch_sampler=validation_sampler, collate_fn=collator)
+    # Own generators: creating a DataLoader iterator otherwise draws from the global RNG, and the extra
+    # iterator a resumed run creates would shift every later dropout mask.
+    train_loader = DataLoader(train, batch_sampler=train_sampler, collate_fn=collator,
+                              generator=torch.Generator().manual_seed(config.seed))
+    validation_loader = DataLoader(validation, batch_sampler=validation_sampler, collate_fn=collator,
+                                   generator=torch.Generator().manual_seed(config.seed))
     return train_loader, validation_loader, train_sampler
 
 
@@ -483,6 +487,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
     if not accelerator.is_local_main_process:
         logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # per-call gather notices drown the log
     datasets.utils.logging.set_verbosity_warning()
     transformers.utils.logging.set_verbosity_warning()
     set_seed(config.seed)

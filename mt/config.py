@@ -49,6 +49,7 @@ class TrainingConfig:
     max_target_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = field(default=None, metadata={"help": "Validate on the first N validation pairs only."})
+    max_test_samples: int | None = field(default=None, metadata={"help": "Score the first N test pairs only."})
     # --- batching and optimisation -------------------------------------------------------------
     per_device_train_batch_size: int = field(default=64, metadata={"help": "Sentences per batch (upper bound when max_tokens_per_batch is set)."})
     max_tokens_per_batch: int | None = field(default=None, metadata={"help": "Batch by token count (source+target, padded) instead of sentences."})
@@ -104,7 +105,7 @@ class TrainingConfig:
                      "logging_steps"):
             if getattr(self, name) <= 0:
                 fail(f"{name} must be positive, got {getattr(self, name)}.")
-        for name in ("max_train_samples", "max_eval_samples", "max_tokens_per_batch", "max_train_steps",
+        for name in ("max_train_samples", "max_eval_samples", "max_test_samples", "max_tokens_per_batch", "max_train_steps",
                      "eval_steps", "early_stopping_patience"):
             value = getattr(self, name)
             if value is not None and value <= 0:

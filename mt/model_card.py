@@ -35,7 +35,7 @@ def eval_results(results: dict, config, dataset: str) -> list[EvalResult]:
 def render_model_card(model, config, results: dict, model_id: str | None = None) -> str:
     """Return the README.md text (YAML metadata + filled template) for an exported model."""
     dataset = _dataset_name(config)
-    model_id = model_id or config.hub_model_id or "path/to/model"
+    model_id = model_id or config.hub_model_id or Path(config.output_dir).name
     rows, signatures = [], []
     for split in ("validation", "test"):
         if split in results:

@@ -127,5 +127,5 @@ def trained_model(_trained_state) -> AttnMTForConditionalGeneration:
 
 @pytest.fixture
 def sources(corpus) -> list[str]:
-    """Four English sentences of different lengths: two seen in training, two unseen."""
-    return [corpus["en"][0], corpus["en"][5], corpus["en"][200], corpus["en"][250]]
+    """Four English sentences of different lengths: three seen in training (index < 32), one unseen."""
+    return [corpus["en"][0], corpus["en"][5], corpus["en"][17], corpus["en"][250]]

@@ -1,0 +1,236 @@
+"""Incremental decoding with the KV cache, and generate(): greedy, beam, sampling, batching, the pipeline."""
+
+import pytest
+import torch
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+from modeling import AttnMTTranslationPipeline
+
+from conftest import tiny_model
+
+TOL = 1e-5
+MAX_LENGTH = 40
+
+
+@pytest.fixture
+def source_batch(tokenizer, sources):
+    batch = tokenizer(sources, padding=True, return_tensors="pt")
+    assert (batch["attention_mask"] == 0).any()
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+@pytest.fixture
+def decoder_input_lengths(trained_model):
+    """Records the length of `decoder_input_ids` at every decoder call of `trained_model`."""
+    lengths = []
+    handle = trained_model.model.decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    yield lengths
+    handle.remove()
+
+
+def _strip(ids: torch.Tensor, eos_token_id: int = 2) -> list[int]:
+    """A generated row up to its first </s>, without the filler that batching adds after it (greedy
+    fills with <pad>; beam search fills with </s>, because transformers reads pad id 0 as "no pad id")."""
+    ids = ids.tolist()
+    return ids[: ids.index(eos_token_id) + 1] if eos_token_id in ids else ids
+
+
+def _has_repeated_ngram(ids: list[int], n: int) -> bool:
+    ngrams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+    return len(ngrams) != len(set(ngrams))
+
+
+def test_generated_translations_are_not_degenerate(trained_model, source_batch, tokenizer):
+    # The other tests compare outputs; make sure there is something worth comparing.
+    output = trained_model.generate(**source_batch, num_beams=1, max_length=MAX_LENGTH)
+    rows = [_strip(row) for row in output]
+    assert all(row[0] == 1 for row in rows)  # decoder_start_token_id
+    assert len({tuple(row) for row in rows}) == len(rows)
+    assert all(len(set(row)) >= 5 for row in rows)
+    assert all(row[-1] == tokenizer.eos_token_id for row in rows)  # they stop on their own
+
+
+# --------------------------------------------------------------------------------------------------
+# The cache
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("prefill", [1, 3])
+def test_incremental_decoding_equals_full_forward(trained_model, source_batch, implementation, prefill):
+    trained_model.set_attn_implementation(implementation)
+    torch.manual_seed(0)
+    B, T = source_batch["input_ids"].shape[0], 9
+    decoder_input_ids = torch.randint(4, 400, (B, T))
+    decoder_input_ids[:, 0] = 1
+    with torch.no_grad():
+        full = trained_model(**source_batch, decoder_input_ids=decoder_input_ids, use_cache=False).logits
+        encoder_outputs = trained_model.get_encoder()(**source_batch)
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        steps = []
+        # A first chunk of `prefill` tokens (causal mask with an offset of 0), then one token at a time.
+        boundaries = [0, prefill, *range(prefill + 1, T + 1)]
+        for start, end in zip(boundaries[:-1], boundaries[1:]):
+            out = trained_model(
+                encoder_outputs=encoder_outputs,
+                attention_mask=source_batch["attention_mask"],
+                decoder_input_ids=decoder_input_ids[:, start:end],
+                cache=cache,
+                use_cache=True,
+            )
+            assert out.cache is cache and cache.get_seq_length() == end
+            steps.append(out.logits)
+    incremental = torch.cat(steps, dim=1)  # (B, T, V)
+    assert incremental.shape == full.shape
+    assert (incremental - full).abs().max() <= TOL * max(1.0, full.abs().max().item())
+    assert all(cache.is_updated[layer] for layer in range(2))  # cross-attention keys computed once
+
+
+def test_chunk_after_cache_uses_offset_causal_mask(trained_model, source_batch):
+    # Two tokens at once after a cached prefix: sdpa must get an explicit mask (its own causal kernel
+    # would align the queries to the *first* keys).
+    torch.manual_seed(1)
+    decoder_input_ids = torch.randint(4, 400, (source_batch["input_ids"].shape[0], 5))
+    with torch.no_grad():
+        full = trained_model(**source_batch, decoder_input_ids=decoder_input_ids, use_cache=False).logits
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        first = trained_model(**source_batch, decoder_input_ids=decoder_input_ids[:, :3], cache=cache).logits
+        rest = trained_model(**source_batch, decoder_input_ids=decoder_input_ids[:, 3:], cache=cache).logits
+    assert (torch.cat([first, rest], dim=1) - full).abs().max() <= TOL * max(1.0, full.abs().max().item())
+
+
+def test_cache_is_returned_only_when_asked(trained_model, source_batch):
+    decoder_input_ids = torch.ones(source_batch["input_ids"].shape[0], 1, dtype=torch.long)
+    with torch.no_grad():
+        assert trained_model(**source_batch, decoder_input_ids=decoder_input_ids, use_cache=False).cache is None
+        cache = trained_model(**source_batch, decoder_input_ids=decoder_input_ids, use_cache=True).cache
+    assert isinstance(cache, EncoderDecoderCache) and cache.get_seq_length() == 1
+    with pytest.raises(TypeError, match="EncoderDecoderCache"):
+        trained_model(**source_batch, decoder_input_ids=decoder_input_ids, cache=((torch.zeros(1),),))
+
+
+# --------------------------------------------------------------------------------------------------
+# generate(): cache vs no cache
+# --------------------------------------------------------------------------------------------------
+
+
+def test_greedy_with_cache_equals_without(trained_model, source_batch, decoder_input_lengths):
+    cached = trained_model.generate(**source_batch, num_beams=1, do_sample=False, max_length=MAX_LENGTH, use_cache=True)
+    cached_lengths = list(decoder_input_lengths)
+    decoder_input_lengths.clear()
+    uncached = trained_model.generate(
+        **source_batch, num_beams=1, do_sample=False, max_length=MAX_LENGTH, use_cache=False
+    )
+    assert torch.equal(cached, uncached)
+    # The cache really was used: one new token per step, against the whole prefix without it.
+    steps = cached.shape[1] - 1
+    assert cached_lengths == [1] * steps
+    assert decoder_input_lengths == list(range(1, steps + 1))
+
+
+@pytest.mark.parametrize("length_penalty", [1.0, 0.3, 2.0])
+def test_beam_search_with_cache_equals_without(trained_model, source_batch, length_penalty):
+    kwargs = dict(
+        num_beams=3,
+        num_return_sequences=3,
+        length_penalty=length_penalty,
+        max_length=MAX_LENGTH,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
+    cached = trained_model.generate(**source_batch, use_cache=True, **kwargs)
+    uncached = trained_model.generate(**source_batch, use_cache=False, **kwargs)
+    B = source_batch["input_ids"].shape[0]
+    assert cached.sequences.shape[0] == 3 * B
+    assert torch.equal(cached.sequences, uncached.sequences)
+    assert torch.allclose(cached.sequences_scores, uncached.sequences_scores, atol=1e-4)
+    # The 3 hypotheses of each source are distinct and ranked best first.
+    scores = cached.sequences_scores.view(B, 3)
+    assert torch.all(scores[:, :-1] >= scores[:, 1:])
+    for i in range(B):
+        assert len({tuple(_strip(row)) for row in cached.sequences[3 * i : 3 * i + 3]}) == 3
+
+
+def test_beam_search_best_hypothesis_scores_at_least_greedy(trained_model, source_batch):
+    greedy = trained_model.generate(
+        **source_batch, num_beams=1, max_length=MAX_LENGTH, return_dict_in_generate=True, output_scores=True
+    )
+    beam = trained_model.generate(
+        **source_batch, num_beams=3, length_penalty=0.0, max_length=MAX_LENGTH, return_dict_in_generate=True,
+        output_scores=True,
+    )
+    # With length_penalty 0 the beam score is the summed log-probability: at least the greedy path's.
+    greedy_scores = trained_model.compute_transition_scores(greedy.sequences, greedy.scores, normalize_logits=True)
+    assert torch.all(beam.sequences_scores >= greedy_scores.sum(-1) - 1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# generate(): batching, sampling, constraints
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_batched_generation_equals_one_by_one(trained_model, tokenizer, sources, num_beams):
+    batch = tokenizer(sources, padding=True, return_tensors="pt")
+    batched = trained_model.generate(**batch, num_beams=num_beams, max_length=MAX_LENGTH)
+    for i, sentence in enumerate(sources):
+        alone = trained_model.generate(**tokenizer([sentence], return_tensors="pt"), num_beams=num_beams,
+                                       max_length=MAX_LENGTH)
+        assert _strip(batched[i]) == _strip(alone[0]), sentence
+
+
+def test_sampling_is_reproducible_with_a_seed(trained_model, source_batch):
+    # num_beams=1: the model's generation config defaults to 5 beams (that would be beam *sampling*).
+    kwargs = dict(do_sample=True, num_beams=1, top_k=0, temperature=1.5, max_length=MAX_LENGTH)
+    torch.manual_seed(123)
+    first = trained_model.generate(**source_batch, **kwargs)
+    torch.manual_seed(123)
+    second = trained_model.generate(**source_batch, **kwargs)
+    torch.manual_seed(124)
+    other = trained_model.generate(**source_batch, **kwargs)
+    assert torch.equal(first, second)
+    assert not torch.equal(first, other)
+    assert ((first >= 0) & (first < 400)).all()
+    # top_k=1 sampling can only pick the argmax: it is greedy search.
+    greedy = trained_model.generate(**source_batch, num_beams=1, max_length=MAX_LENGTH)
+    top1 = trained_model.generate(**source_batch, do_sample=True, num_beams=1, top_k=1, max_length=MAX_LENGTH)
+    assert torch.equal(top1, greedy)
+
+
+def test_no_repeat_ngram_size_is_obeyed(source_batch):
+    # An untrained model repeats itself: the constraint has something to forbid.
+    model = tiny_model(seed=3)
+    free = model.generate(**source_batch, num_beams=1, max_length=MAX_LENGTH)
+    assert any(_has_repeated_ngram(_strip(row), 2) for row in free)
+    for kwargs in ({"num_beams": 1}, {"num_beams": 3}, {"do_sample": True, "num_beams": 1, "top_k": 0}):
+        torch.manual_seed(0)
+        constrained = model.generate(**source_batch, no_repeat_ngram_size=2, max_length=MAX_LENGTH, **kwargs)
+        for row in constrained:
+            assert not _has_repeated_ngram(_strip(row), 2), kwargs
+        assert constrained.shape[1] > 5
+
+
+def test_generation_respects_max_length(trained_model, source_batch):
+    output = trained_model.generate(**source_batch, num_beams=1, max_new_tokens=4)
+    assert output.shape[1] <= 5  # the start token plus at most 4 new ones
+
+
+# --------------------------------------------------------------------------------------------------
+# The translation pipeline, in process
+# --------------------------------------------------------------------------------------------------
+
+
+def test_translation_pipeline_matches_generate(trained_model, tokenizer, sources):
+    pipe = AttnMTTranslationPipeline(model=trained_model, tokenizer=tokenizer)
+    results = pipe(sources, num_beams=3, max_length=MAX_LENGTH)
+    assert len(results) == len(sources)
+    for sentence, result in zip(sources, results):
+        ids = trained_model.generate(**tokenizer([sentence], return_tensors="pt"), num_beams=3, max_length=MAX_LENGTH)
+        expected = tokenizer.decode(ids[0], skip_special_tokens=True)
+        assert result == {"translation_text": expected} and expected.strip()
+    single = pipe(sources[0], num_beams=3, max_length=MAX_LENGTH)
+    assert single == results[0]
+    as_ids = pipe(sources[0], num_beams=3, max_length=MAX_LENGTH, return_tensors=True)
+    assert tokenizer.decode(as_ids["translation_token_ids"], skip_special_tokens=True) == results[0]["translation_text"]

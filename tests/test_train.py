@@ -1,0 +1,270 @@
+"""train.py end to end on a slice of the real Multi30k, plus its configuration and data checks."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+from mt.config import load_config
+from mt.data import CorpusSpec, drop_blank_pairs, load_split
+
+REPO = Path(__file__).resolve().parents[1]
+MULTI30K = REPO.parent / "shared" / "data" / "multi30k"
+
+# A few seconds of training: enough to exercise every stage, not to learn anything.
+TINY = [
+    "--config", "configs/train/tiny.yaml", "--max_train_samples", "200", "--max_eval_samples", "12",
+    "--max_test_samples", "12", "--max_train_steps", "8", "--eval_steps", "4", "--checkpointing_steps", "4",
+    "--per_device_train_batch_size", "16", "--max_new_tokens", "12", "--num_beams", "2", "--logging_steps", "2",
+    "--vocab_size", "600",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("run") / "out"
+    results = train.main(TINY + ["--output_dir", str(output_dir)])
+    return output_dir, results
+
+
+def test_end_to_end_export_and_results(trained_run):
+    output_dir, results = trained_run
+    export = output_dir / "model"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "README.md",
+                 "all_results.json", "configuration_attnmt.py", "modeling_attnmt.py", "pipeline_attnmt.py"):
+        assert (export / name).is_file(), name
+    config = json.loads((export / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForSeq2SeqLM"] == "modeling_attnmt.AttnMTForConditionalGeneration"
+    assert config["use_cache"] is True
+    generation = json.loads((export / "generation_config.json").read_text())
+    assert generation["num_beams"] == 2 and generation["max_new_tokens"] == 12
+
+    saved = json.loads((output_dir / "all_results.json").read_text())
+    assert saved["completed_steps"] == 8
+    assert saved["validation"]["num_sentences"] == 12 and saved["test"]["num_sentences"] == 12
+    assert [h["step"] for h in saved["history"]] == [4, 8]
+    assert saved["validation"]["bleu"] == pytest.approx(results["validation"]["bleu"])
+    card = (export / "README.md").read_text()
+    assert f"{saved['test']['bleu']:.2f}" in card and saved["test"]["bleu_signature"] in card
+    assert "model-index" in card and "pipeline_tag: translation" in card
+    assert yaml_roundtrip(output_dir / "train_config.yaml")["max_train_steps"] == 8
+    # keep_last_checkpoints=2 of the tiny preset: steps 4 and 8 remain, no temporary folders.
+    assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["step_0000004", "step_0000008"]
+
+
+def yaml_roundtrip(path):
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())
+
+
+def test_export_loads_in_fresh_process_and_translates(trained_run, tmp_path):
+    export = trained_run[0] / "model"
+    script = (
+        "import sys\n"
+        "try:\n    import modeling\n    sys.exit('modeling must not be importable here')\nexcept ImportError:\n    pass\n"
+        "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, pipeline\n"
+        f"folder = {str(export)!r}\n"
+        "tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)\n"
+        "model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True)\n"
+        "out = model.generate(**tok(['A man is riding a bike.'], return_tensors='pt'), num_beams=2, max_new_tokens=8)\n"
+        "print('TRANSLATION', type(model).__name__, out.shape[1] > 1)\n"
+        "print('PIPELINE', pipeline('translation', model=folder, trust_remote_code=True)('A dog.', max_new_tokens=5))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "TRANSLATION AttnMTForConditionalGeneration True" in done.stdout
+    assert "PIPELINE {'translation_text':" in done.stdout
+
+
+def test_resume_reaches_the_same_weights(trained_run, tmp_path):
+    """Stop after 4 updates, resume to 8: identical weights to the uninterrupted run of the fixture."""
+    output_dir = tmp_path / "resumed"
+    train.main(TINY + ["--output_dir", str(output_dir), "--max_train_steps", "4"])
+    train.main(TINY + ["--output_dir", str(output_dir), "--resume_from_checkpoint", "latest"])
+    uninterrupted = load_file(str(trained_run[0] / "checkpoints" / "step_0000008" / "model.safetensors"))
+    resumed = load_file(str(output_dir / "checkpoints" / "step_0000008" / "model.safetensors"))
+    assert uninterrupted.keys() == resumed.keys()
+    for name in uninterrupted:
+        torch.testing.assert_close(resumed[name], uninterrupted[name], rtol=0, atol=0, msg=name)
+    history = json.loads((output_dir / "all_results.json").read_text())["history"]
+    reference = trained_run[1]["history"]
+    assert [h["step"] for h in history] == [4, 8]
+    assert history[-1]["loss"] == pytest.approx(reference[-1]["loss"], abs=1e-6)
+
+
+def _write_jsonl(path: Path, split: str, count: int, nested: bool):
+    english = [line.strip() for line in gzip.open(MULTI30K / f"{split}.en.gz", "rt")][:count]
+    french = [line.strip() for line in gzip.open(MULTI30K / f"{split}.fr.gz", "rt")][:count]
+    with path.open("w") as handle:
+        for en, fr in zip(english, french):
+            row = {"translation": {"en": en, "fr": fr}} if nested else {"en": en, "fr": fr}
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def test_fine_tune_export_on_another_pair_from_jsonl(trained_run, tmp_path):
+    _write_jsonl(tmp_path / "train.jsonl", "train", 120, nested=True)
+    _write_jsonl(tmp_path / "val.jsonl", "val", 10, nested=False)
+    output_dir = tmp_path / "finetuned"
+    results = train.main([
+        "--model_name_or_path", str(trained_run[0] / "model"), "--train_file", str(tmp_path / "train.jsonl"),
+        "--validation_file", str(tmp_path / "val.jsonl"), "--source_lang", "en", "--target_lang", "fr",
+        "--output_dir", str(output_dir), "--max_train_steps", "3", "--num_warmup_steps", "1", "--cpu",
+        "--per_device_train_batch_size", "16", "--max_new_tokens", "8", "--num_beams", "1",
+        "--checkpointing_steps", "", "--learning_rate", "1e-3",
+    ])
+    assert results["completed_steps"] == 3 and "test" not in results
+    assert results["validation"]["num_sentences"] == 10
+    original, tuned = trained_run[0] / "model", output_dir / "model"
+    assert (tuned / "tokenizer.json").read_text() == (original / "tokenizer.json").read_text()
+    before, after = load_file(str(original / "model.safetensors")), load_file(str(tuned / "model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before), "fine-tuning changed no weight"
+
+
+def test_two_cpu_processes_score_each_example_once(tmp_path):
+    output_dir = tmp_path / "ddp"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "train.py", *TINY,
+               "--output_dir", str(output_dir), "--max_eval_samples", "11", "--max_test_samples", "7", "--cpu"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es) on cpu" in done.stderr + done.stdout
+    results = json.loads((output_dir / "all_results.json").read_text())
+    # Odd sizes: gather_for_metrics must drop the padding duplicates of the last shard.
+    assert results["validation"]["num_sentences"] == 11 and results["test"]["num_sentences"] == 7
+    assert len((output_dir / "test_hypotheses.txt").read_text().splitlines()) == 7
+    assert results["hardware"].startswith("2 process(es)")
+    assert sorted(p.name for p in output_dir.iterdir() if p.name.startswith("model")) == ["model"]
+
+
+def test_push_to_hub_uploads_exactly_the_export(trained_run, monkeypatch):
+    import huggingface_hub
+
+    calls = {}
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.update(create=repo_id))
+
+    def fake_upload(self, folder_path, repo_id, **kwargs):
+        calls["upload"] = (folder_path, repo_id, sorted(p.name for p in Path(folder_path).iterdir()))
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload)
+    export = trained_run[0] / "model"
+    train.push_to_hub(export, "someone/attnmt-test")
+    folder, repo_id, files = calls["upload"]
+    assert calls["create"] == "someone/attnmt-test" and repo_id == "someone/attnmt-test"
+    assert Path(folder) == export and "checkpoints" not in files and "model.safetensors" in files
+
+
+def test_push_to_hub_offline_message_is_clear(trained_run, monkeypatch):
+    import huggingface_hub
+
+    def offline(self, *args, **kwargs):
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", offline)
+    with pytest.raises(RuntimeError, match="export is complete at .*hf upload someone/x"):
+        train.push_to_hub(trained_run[0] / "model", "someone/x")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Configuration: strict and typed
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_flags_override_preset_and_types_are_checked(tmp_path):
+    config = load_config(["--config", "configs/train/tiny.yaml", "--learning_rate", "0.01", "--no-cpu"])
+    assert config.learning_rate == 0.01 and config.cpu is False and config.max_train_steps == 40
+    with pytest.raises(SystemExit):
+        load_config(["--config", "configs/train/tiny.yaml", "--learning_rate", "fast"])
+    with pytest.raises(SystemExit):
+        load_config(["--config", "configs/train/tiny.yaml", "--no_such_flag", "1"])
+    bad_key = tmp_path / "bad.yaml"
+    bad_key.write_text("model_config: configs/model/tiny.yaml\nlearning_rte: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rte"):
+        load_config(["--config", str(bad_key)])
+    bad_type = tmp_path / "type.yaml"
+    bad_type.write_text("model_config: configs/model/tiny.yaml\ncpu: 'yes'\n")
+    with pytest.raises(ValueError, match="'cpu' must be bool"):
+        load_config(["--config", str(bad_type)])
+    for flags, field in ((["--lr_scheduler_type", "cosinus"], "lr_scheduler_type"),
+                         (["--mixed_precision", "fp8"], "mixed_precision"),
+                         (["--per_device_train_batch_size", "0"], "per_device_train_batch_size"),
+                         (["--push_to_hub"], "hub_model_id")):
+        with pytest.raises(ValueError, match=field):
+            load_config(["--config", "configs/train/tiny.yaml", *flags])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data: every bad input gets a clear error or a counted filter
+# ---------------------------------------------------------------------------------------------------
+
+
+def _corpus(tmp_path, files: dict[str, list[str]]) -> Path:
+    for name, lines in files.items():
+        (tmp_path / name).write_text("".join(line + "\n" for line in lines))
+    return tmp_path
+
+
+def test_text_corpus_errors(tmp_path):
+    folder = _corpus(tmp_path, {"train.en": ["a", "b", "c"], "train.de": ["x", "y"], "val.en": [], "val.de": []})
+    spec = CorpusSpec("en", "de", data_dir=str(folder))
+    with pytest.raises(ValueError, match="3 lines but .* has 2"):
+        load_split(spec, "train")
+    with pytest.raises(FileNotFoundError, match="No file test.en"):
+        load_split(spec, "test")
+    with pytest.raises(FileNotFoundError, match="No file train.fr"):
+        load_split(CorpusSpec("en", "fr", data_dir=str(folder)), "train")
+    with pytest.raises(ValueError, match="empty"):
+        load_split(spec, "val")
+    with pytest.raises(FileNotFoundError, match="does not exist.*Multi30k"):
+        load_split(CorpusSpec("en", "de", data_dir=str(tmp_path / "nowhere")), "train")
+    with pytest.raises(ValueError, match="exactly one way"):
+        load_split(CorpusSpec("en", "de", data_dir=str(folder), train_file="x.jsonl"), "train")
+
+
+def test_blank_lines_are_dropped_and_counted(tmp_path, caplog):
+    folder = _corpus(tmp_path, {"train.en": ["a", "", "c", "d"], "train.de": ["x", "y", "  ", "w"]})
+    dataset = load_split(CorpusSpec("en", "de", data_dir=str(folder)), "train")
+    assert len(dataset) == 4
+    with caplog.at_level("WARNING"):
+        kept = drop_blank_pairs(dataset, "train")
+    assert kept["source"] == ["a", "d"] and kept["target"] == ["x", "w"]
+    assert "dropped 2 of 4" in caplog.text
+
+
+def test_gzip_and_json_layouts_and_missing_language(tmp_path):
+    with gzip.open(tmp_path / "train.en.gz", "wt") as handle:
+        handle.write("hello\nworld\n")
+    with gzip.open(tmp_path / "train.de.gz", "wt") as handle:
+        handle.write("hallo\nwelt\n")
+    dataset = load_split(CorpusSpec("en", "de", data_dir=str(tmp_path)), "train")
+    assert dataset["source"] == ["hello", "world"] and dataset["target"] == ["hallo", "welt"]
+    flat = tmp_path / "flat.csv"
+    flat.write_text("en,de\nhello,hallo\n")
+    assert load_split(CorpusSpec("en", "de", train_file=str(flat)), "train")["target"] == ["hallo"]
+    with pytest.raises(ValueError, match=r"no column for \['fr'\]"):
+        load_split(CorpusSpec("en", "fr", train_file=str(flat)), "train")
+    nested = tmp_path / "nested.jsonl"
+    nested.write_text(json.dumps({"translation": {"en": "hi", "de": "hallo"}}) + "\n")
+    with pytest.raises(ValueError, match="languages \\['de', 'en'\\], not \\['cs'\\]"):
+        load_split(CorpusSpec("cs", "en", train_file=str(nested)), "train")
+
+
+def test_overlong_training_pairs_are_filtered_and_counted(tmp_path, caplog):
+    output_dir = tmp_path / "short"
+    with caplog.at_level("WARNING"):
+        results = train.main(TINY + ["--output_dir", str(output_dir), "--max_source_length", "12",
+                                     "--max_target_length", "12", "--max_train_steps", "1", "--eval_steps", "1",
+                                     "--test_split", "", "--checkpointing_steps", ""])
+    assert "pairs longer than max_source_length=12" in caplog.text
+    assert results["completed_steps"] == 1
