@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,9 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from mt.data import CorpusSpec, drop_blank_pairs, load_split
 from mt.scoring import METRIC_SOURCES, load_metrics, score_translations, translate
+
+# `name` or `owner/name`, as the Hub spells repository ids; anything else is taken as a local path.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 logger = logging.getLogger("eval")
 
@@ -56,7 +60,7 @@ def non_negative_int(text: str) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     model = parser.add_argument_group("model")
-    model.add_argument("--model_name_or_path", required=True, help="a local checkpoint folder (config.json, weights, tokenizer)")
+    model.add_argument("--model_name_or_path", required=True, help="a checkpoint folder (config.json, weights, tokenizer) or a Hub model id")
     model.add_argument("--trust_remote_code", action=argparse.BooleanOptionalAction, default=True,
                        help="run the model code shipped in the folder (needed for AttnMT exports; default: on)")
 
@@ -129,23 +133,35 @@ def build_accelerator(cpu: bool) -> Accelerator:
 def load_model_and_tokenizer(model_name_or_path: str, trust_remote_code: bool = True):
     """Load a seq2seq checkpoint folder and its tokenizer through the Auto classes.
 
+    `model_name_or_path` is a local folder or, online, a Hub model id (e.g. Helsinki-NLP/opus-mt-en-de).
+
     Raises:
-        FileNotFoundError: the folder or its config.json is missing.
+        FileNotFoundError: the folder or its config.json is missing, or the Hub id cannot be fetched.
         ValueError: the checkpoint is not an encoder-decoder (e.g. GPT-2, BERT).
     """
     path = Path(model_name_or_path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {path} does not exist (--model_name_or_path must be a local folder).")
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json: it is not a saved transformers checkpoint.")
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if path.exists() or not HUB_ID.fullmatch(model_name_or_path):
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"checkpoint folder {path} does not exist (--model_name_or_path takes a local folder or a Hub id)."
+            )
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json: it is not a saved transformers checkpoint.")
+    try:
+        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    except OSError as error:  # a Hub id that cannot be fetched (offline, private, misspelt)
+        raise FileNotFoundError(
+            f"{model_name_or_path!r} is not a local folder and could not be fetched from the Hub "
+            f"({str(error).strip().splitlines()[0]}). "
+            "Offline, pass the folder of a saved checkpoint instead."
+        ) from None
     if not getattr(config, "is_encoder_decoder", False):
         raise ValueError(
-            f"{path}: config is {config.model_type}, not an encoder-decoder ({type(config).__name__}); eval.py scores "
-            "sequence-to-sequence translation models (AutoModelForSeq2SeqLM)."
+            f"{model_name_or_path}: config is {config.model_type}, not an encoder-decoder ({type(config).__name__}); "
+            "eval.py scores sequence-to-sequence translation models (AutoModelForSeq2SeqLM)."
         )
-    model = AutoModelForSeq2SeqLM.from_pretrained(path, config=config, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path, config=config, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
     return model, tokenizer
 
 

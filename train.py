@@ -24,6 +24,7 @@ import torch
 import transformers
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
@@ -477,6 +478,9 @@ def push_to_hub(folder: Path, repo_id: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     config = load_config(argv)
+    # accelerate keeps its settings (mixed precision, cpu) in a process-wide singleton; a second main() in the
+    # same process (tests, notebooks) must be allowed other settings. The process group itself is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,

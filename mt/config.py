@@ -197,7 +197,9 @@ def load_config(argv: list[str] | None = None) -> TrainingConfig:
     for name in ("model_config", "data_dir", "train_file", "validation_file", "test_file"):
         if values.get(name):
             values[name] = resolve_path(values[name])
-    for name in ("test_split", "checkpointing_steps", "resume_from_checkpoint"):
+    # An empty flag clears a preset value: `--test_split ""`, or `--data_dir ""` to use another corpus source.
+    for name in ("test_split", "checkpointing_steps", "resume_from_checkpoint", "data_dir", "dataset_name",
+                 "dataset_config_name", "train_file", "validation_file", "test_file"):
         if values.get(name) == "":
             values[name] = None
     config = TrainingConfig(**values)

@@ -274,7 +274,15 @@ def test_cli_missing_checkpoint_exits_with_one_line_error(monkeypatch, capsys, t
         runpy.run_path(str(EVAL_SCRIPT), run_name="__main__")
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == (
-        f"error: checkpoint folder {missing} does not exist (--model_name_or_path must be a local folder).\n")
+        f"error: checkpoint folder {missing} does not exist (--model_name_or_path takes a local folder or a Hub id).\n")
+
+
+def test_unreachable_hub_id_gets_a_clear_error(monkeypatch, tmp_path):
+    """A name that is no local folder is tried as a Hub id; offline that fails with a message saying so."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="not a local folder and could not be fetched from the Hub.*Offline"):
+        eval_script.load_model_and_tokenizer("someone/no-such-model")
 
 
 @pytest.fixture(scope="module")

@@ -268,3 +268,82 @@ def test_overlong_training_pairs_are_filtered_and_counted(tmp_path, caplog):
                                      "--test_split", "", "--checkpointing_steps", ""])
     assert "pairs longer than max_source_length=12" in caplog.text
     assert results["completed_steps"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model selection, early stopping, averaging, tracking, datasets folders, bf16
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_best_checkpoint_early_stopping_and_tracking(tmp_path, monkeypatch):
+    """Validation BLEU scripted as 5, 7, 6, 6.5: with patience 2 training stops after step 4, the best
+    export holds the step-2 weights, the average of the last 3 checkpoints is scored and rejected, and
+    TensorBoard receives the logs."""
+    real_evaluate, scripted = train.evaluate, iter([5.0, 7.0, 6.0, 6.5])
+
+    def evaluate(model, tokenizer, dataset, config, accelerator, metrics, loader=None, desc="validation"):
+        results = real_evaluate(model, tokenizer, dataset, config, accelerator, metrics, loader, desc)
+        if loader is not None:  # the in-training validation; finalize scores without a loader
+            results["bleu"] = next(scripted)
+        return results
+
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    output_dir = tmp_path / "selection"
+    results = train.main(TINY + ["--output_dir", str(output_dir), "--eval_steps", "1", "--checkpointing_steps", "1",
+                                 "--early_stopping_patience", "2", "--keep_last_checkpoints", "10",
+                                 "--average_last_checkpoints", "3", "--with_tracking", "--report_to", "tensorboard"])
+    assert results["completed_steps"] == 4
+    assert [h["bleu"] for h in results["history"]] == [5.0, 7.0, 6.0, 6.5]
+    selection = results["selection"]
+    assert selection["best_step"] == 2 and selection["best_validation_bleu"] == 7.0
+    assert selection["averaged_checkpoints"] == ["step_0000002", "step_0000003", "step_0000004"]
+    assert selection["selected"] == "best"  # the real BLEU of a 4-step model is far below the scripted 7
+
+    step_two = load_file(str(output_dir / "checkpoints" / "step_0000002" / "model.safetensors"))
+    for folder in ("best", "model"):
+        exported = load_file(str(output_dir / folder / "model.safetensors"))
+        for name in exported.keys() & step_two.keys():
+            torch.testing.assert_close(exported[name], step_two[name], rtol=0, atol=0, msg=f"{folder}/{name}")
+
+    events = list(output_dir.rglob("events.out.tfevents*"))
+    assert events, "no TensorBoard event file"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    assert {"train/loss", "validation/bleu"} <= set(accumulator.Tags()["scalars"])
+    assert [e.value for e in accumulator.Scalars("validation/bleu")] == [5.0, 7.0, 6.0, 6.5]
+
+
+def test_average_checkpoints_is_the_elementwise_mean(tmp_path):
+    from safetensors.torch import save_file
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder, value in ((first, 1.0), (second, 4.0)):
+        folder.mkdir()
+        save_file({"w": torch.full((2, 3), value), "b": torch.arange(3.0) * value}, str(folder / "model.safetensors"))
+    averaged = train.average_checkpoints([first, second])
+    torch.testing.assert_close(averaged["w"], torch.full((2, 3), 2.5))
+    torch.testing.assert_close(averaged["b"], torch.arange(3.0) * 2.5)
+
+
+def test_local_dataset_folder_through_load_dataset_with_bf16(tmp_path):
+    """--dataset_name takes a local dataset folder (what load_dataset reads offline); bf16 autocast on CPU."""
+    data = tmp_path / "corpus"
+    data.mkdir()
+    for split, source_split, count in (("train", "train", 150), ("validation", "val", 6), ("test", "test_2016_flickr", 5)):
+        english = [line.strip() for line in gzip.open(MULTI30K / f"{source_split}.en.gz", "rt")][:count]
+        german = [line.strip() for line in gzip.open(MULTI30K / f"{source_split}.de.gz", "rt")][:count]
+        with (data / f"{split}.jsonl").open("w") as handle:
+            for en, de in zip(english, german):
+                handle.write(json.dumps({"translation": {"en": en, "de": de}}, ensure_ascii=False) + "\n")
+    common = ["--config", "configs/train/tiny.yaml", "--data_dir", "", "--dataset_name", str(data),
+              "--validation_split", "validation", "--test_split", "test", "--max_train_steps", "2",
+              "--eval_steps", "2", "--checkpointing_steps", "", "--max_new_tokens", "6", "--num_beams", "1",
+              "--vocab_size", "500"]
+    results = train.main(common + ["--output_dir", str(tmp_path / "out"), "--mixed_precision", "bf16"])
+    assert results["num_train_pairs"] == 150
+    assert results["validation"]["num_sentences"] == 6 and results["test"]["num_sentences"] == 5
+    assert results["config"]["mixed_precision"] == "bf16"
+    with pytest.raises(ValueError, match="has splits .* not 'dev'"):
+        train.main(common + ["--output_dir", str(tmp_path / "bad"), "--validation_split", "dev"])
