@@ -1,7 +1,7 @@
 """Score a translation checkpoint on one split of a parallel corpus: sacreBLEU (cased, the headline number, and
 lowercased) and chrF, each with its sacreBLEU signature.
 
-Any `AutoModelForSeq2SeqLM` checkpoint folder works: an AttnMT export (its code is loaded from the folder with
+Any `AutoModelForSeq2SeqLM` checkpoint works (a folder, or a Hub id online): an AttnMT export (its code is loaded from the folder with
 trust_remote_code) or a built-in model such as Marian.
 
     python eval.py --model_name_or_path runs/multi30k/model --data_dir ../shared/data/multi30k \
