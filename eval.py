@@ -26,10 +26,11 @@ from pathlib import Path
 import datasets
 import transformers
 from accelerate import Accelerator
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import ModelCard, ModelCardData
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from mt.data import CorpusSpec, drop_blank_pairs, load_split
+from mt.model_card import dataset_label, result_identity, split_eval_results
 from mt.scoring import METRIC_SOURCES, load_metrics, score_translations, translate
 
 # `name` or `owner/name`, as the Hub spells repository ids; anything else is taken as a local path.
@@ -222,16 +223,6 @@ def decoding_settings(model, args: argparse.Namespace) -> dict:
     }
 
 
-def dataset_label(spec: CorpusSpec) -> str:
-    """A readable dataset name for results and the model card (the same rule train.py's card uses)."""
-    if spec.dataset_name:
-        return spec.dataset_name
-    if spec.data_dir:
-        name = Path(spec.data_dir).resolve().name
-        return "Multi30k (task 1)" if name.lower() == "multi30k" else name
-    return Path(spec.test_file or spec.validation_file or spec.train_file).name
-
-
 def write_outputs(output_dir: str | Path, results: dict, hypotheses: list[str]) -> None:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -239,9 +230,6 @@ def write_outputs(output_dir: str | Path, results: dict, hypotheses: list[str]) 
     lines = [" ".join(hypothesis.splitlines()) for hypothesis in hypotheses]
     (output_dir / "hypotheses.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-SCORE_KEYS = ("bleu", "bleu_lowercase", "chrf")
 
 
 def update_model_card(model_dir: str | Path, results: dict) -> Path:
@@ -252,29 +240,10 @@ def update_model_card(model_dir: str | Path, results: dict) -> Path:
         card = ModelCard.load(readme)
     else:
         card = ModelCard(f"---\n{ModelCardData().to_yaml()}\n---\n\n# {Path(model_dir).resolve().name}\n")
-    split = results["split"]
-    new_results = [
-        EvalResult(
-            task_type="translation",
-            task_name="Translation",
-            dataset_type=results["dataset"],
-            dataset_name=results["dataset"],
-            dataset_config=f"{results['source_lang']}-{results['target_lang']}",
-            dataset_split=split,
-            metric_type="chrf" if key == "chrf" else "bleu",
-            metric_name=f"{key} ({split})",
-            metric_value=round(results[key], 2),
-            metric_config=results[f"{key}_signature"],
-        )
-        for key in SCORE_KEYS
-    ]
-
-    def identity(result: EvalResult) -> tuple:
-        return (result.task_type, result.dataset_type, result.dataset_config, result.dataset_split,
-                result.metric_type, result.metric_name)
-
-    replaced = {identity(result) for result in new_results}
-    kept = [result for result in (card.data.eval_results or []) if identity(result) not in replaced]
+    new_results = split_eval_results(results, results["dataset"], results["source_lang"], results["target_lang"],
+                                     results["split"])
+    replaced = {result_identity(result) for result in new_results}
+    kept = [result for result in (card.data.eval_results or []) if result_identity(result) not in replaced]
     card.data.eval_results = kept + new_results
     card.data.model_name = card.data.model_name or Path(model_dir).resolve().name
     card.save(readme)

@@ -8,33 +8,54 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
 
 
-def _dataset_name(config) -> str:
-    if config.dataset_name:
-        return config.dataset_name
-    if config.data_dir:
-        name = Path(config.data_dir).name
+def dataset_label(spec) -> str:
+    """A readable dataset name for results and model cards: the Hub id or folder name, "Multi30k (task 1)" for
+    the raw Multi30k folder, else the data file's name. `spec` is a CorpusSpec or a TrainingConfig."""
+    if spec.dataset_name:
+        return spec.dataset_name
+    if spec.data_dir:
+        name = Path(spec.data_dir).resolve().name
         return "Multi30k (task 1)" if name.lower() == "multi30k" else name
-    return Path(config.train_file).name if config.train_file else "custom corpus"
+    data_file = spec.test_file or spec.validation_file or spec.train_file
+    return Path(data_file).name if data_file else "custom corpus"
+
+
+SCORE_KEYS = ("bleu", "bleu_lowercase", "chrf")
+
+
+def split_eval_results(scores: dict, dataset: str, source_lang: str, target_lang: str, split: str) -> list[EvalResult]:
+    """Hub model-index entries (task translation, dataset, language pair, split) for cased BLEU, lowercased BLEU
+    and chrF of one split, each with its sacreBLEU signature. train.py's card and eval.py write the same entries,
+    so that a later eval.py run on the same split replaces them instead of adding duplicates."""
+    return [
+        EvalResult(
+            task_type="translation", task_name="Translation", dataset_type=dataset, dataset_name=dataset,
+            dataset_config=f"{source_lang}-{target_lang}", dataset_split=split,
+            metric_type="chrf" if key == "chrf" else "bleu", metric_name=f"{key} ({split})",
+            metric_value=round(scores[key], 2), metric_config=scores[f"{key}_signature"],
+        )
+        for key in SCORE_KEYS
+    ]
+
+
+def result_identity(result: EvalResult) -> tuple:
+    """What makes two model-index entries the same measurement (the value aside)."""
+    return (result.task_type, result.dataset_type, result.dataset_config, result.dataset_split, result.metric_type,
+            result.metric_name)
 
 
 def eval_results(results: dict, config, dataset: str) -> list[EvalResult]:
     entries = []
     for split in ("validation", "test"):
-        if split not in results:
-            continue
-        split_name = getattr(config, f"{split}_split") or split
-        for metric, key in (("bleu", "bleu"), ("bleu", "bleu_lowercase"), ("chrf", "chrf")):
-            entries.append(EvalResult(
-                task_type="translation", dataset_type=dataset, dataset_name=dataset, dataset_split=split_name,
-                metric_type=metric, metric_name=f"{key} ({split_name})", metric_value=round(results[split][key], 2),
-                metric_config=results[split][f"{key}_signature"],
-            ))
+        if split in results:
+            split_name = getattr(config, f"{split}_split") or split
+            entries += split_eval_results(results[split], dataset, config.source_lang, config.target_lang, split_name)
     return entries
 
 
 def render_model_card(model, config, results: dict, model_id: str | None = None) -> str:
     """Return the README.md text (YAML metadata + filled template) for an exported model."""
-    dataset = _dataset_name(config)
+    dataset = dataset_label(config)
     model_id = model_id or config.hub_model_id or Path(config.output_dir).name
     rows, signatures = [], []
     for split in ("validation", "test"):

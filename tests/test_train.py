@@ -59,6 +59,28 @@ def test_end_to_end_export_and_results(trained_run):
     assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["step_0000004", "step_0000008"]
 
 
+def test_eval_update_replaces_the_cards_own_entries(trained_run, tmp_path):
+    """train.py's card and eval.py --update_model_card write the same model-index entries: re-scoring the
+    validation split replaces its three entries instead of adding three more."""
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    import eval as eval_script
+
+    export = tmp_path / "model"
+    shutil.copytree(trained_run[0] / "model", export)
+    before = ModelCard.load(export / "README.md").data.eval_results
+    assert len(before) == 6  # cased BLEU, lowercased BLEU, chrF on val and test_2016_flickr
+    validation = json.loads((trained_run[0] / "all_results.json").read_text())["validation"]
+    rescored = {**validation, "bleu": 12.34, "split": "val", "dataset": "Multi30k (task 1)", "source_lang": "en",
+                "target_lang": "de"}
+    eval_script.update_model_card(export, rescored)
+    after = ModelCard.load(export / "README.md").data.eval_results
+    assert len(after) == 6
+    assert [r.metric_value for r in after if r.dataset_split == "val" and r.metric_name == "bleu (val)"] == [12.34]
+
+
 def yaml_roundtrip(path):
     import yaml
 

@@ -4,7 +4,6 @@ model with predict_with_generate."""
 import json
 
 import numpy as np
-import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
