@@ -691,7 +691,8 @@ class AttnMTForConditionalGeneration(AttnMTPreTrainedModel, GenerationMixin):
 
         Returns:
             `Seq2SeqLMOutput` with `loss` (mean token cross-entropy, label-smoothed by
-            `config.label_smoothing`) when labels are given, and `logits` (B, T, V).
+            `config.label_smoothing`) when labels are given, and `logits` (B, T, V). In training mode with
+            labels, only the loss is computed (on the labelled positions) and `logits` is None.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None:
@@ -713,18 +714,26 @@ class AttnMTForConditionalGeneration(AttnMTPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
-
-        loss = None
+        hidden_states = outputs.last_hidden_state  # (B, T, D)
+        loss, logits = None, None
         if labels is not None:
+            labels = labels.to(hidden_states.device)
+            labelled = labels != -100  # padding (and any position the caller left out) takes no part
+            if self.training:
+                # Training needs the loss only: the LM head, the largest matmul of a small model, runs on the
+                # labelled positions alone (a quarter of a length-grouped Multi30k batch is padding), and
+                # `logits` stays None. Call the model in eval mode, or without labels, for the full logits.
+                labelled_logits = self.lm_head(hidden_states[labelled])  # (N, V)
+            else:
+                logits = self.lm_head(hidden_states)  # (B, T, V)
+                labelled_logits = logits[labelled]
             # Label smoothing moves a little probability mass to every other token: the model is penalised
             # for over-confidence, which costs perplexity but improves BLEU (Szegedy et al.; Vaswani et al.).
             loss = F.cross_entropy(
-                logits.float().view(-1, logits.shape[-1]),
-                labels.to(logits.device).view(-1),
-                ignore_index=-100,
-                label_smoothing=self.config.label_smoothing,
-            )
+                labelled_logits.float(), labels[labelled], label_smoothing=self.config.label_smoothing
+            )  # mean over the N labelled tokens
+        else:
+            logits = self.lm_head(hidden_states)  # (B, T, V)
 
         output = Seq2SeqLMOutput(
             loss=loss,

@@ -345,3 +345,25 @@ def test_loss_matches_cross_entropy_reference_and_ignores_padding(trained_model,
         out.logits.flatten(0, 1), labels.masked_fill(~keep, 0).flatten(), label_smoothing=label_smoothing
     )
     assert abs(out.loss.item() - counted_padding.item()) > 1e-3
+
+
+def test_training_loss_skips_padding_in_the_lm_head_with_identical_loss_and_gradients(padded_batch):
+    """In training mode the LM head runs on labelled positions only; loss and gradients equal those of the
+    full (B, T, V) logits with ignored padding, and `logits` is None there (full logits in eval mode)."""
+    model = tiny_model(label_smoothing=0.1)  # no dropout: train and eval mode compute the same function
+    model.train()
+    out = model(**padded_batch)
+    assert out.logits is None
+    out.loss.backward()
+    fast = {name: param.grad.clone() for name, param in model.named_parameters()}
+
+    model.zero_grad()
+    model.eval()
+    full = model(**padded_batch)
+    assert full.logits.shape[:2] == padded_batch["labels"].shape
+    reference = F.cross_entropy(full.logits.flatten(0, 1), padded_batch["labels"].flatten(), ignore_index=-100,
+                                label_smoothing=0.1)
+    reference.backward()
+    assert abs(out.loss.item() - reference.item()) <= TOL and abs(full.loss.item() - reference.item()) <= TOL
+    for name, grad in fast.items():
+        assert (grad - model.get_parameter(name).grad).abs().max() <= TOL, name
