@@ -9,7 +9,7 @@ slow drift of a shared machine hits both), and the script prints medians and our
 * training: source + target non-pad tokens per second over forward + backward + AdamW step (train mode,
   dropout as configured), on length-grouped token batches of the training split;
 * generation: sentences per second, greedy and beam 5, batch 32 test sentences, exactly 64 new tokens
-  (min_new_tokens = max_new_tokens, because random-init models would otherwise stop at different lengths);
+  (no end-of-sentence token, because random-init models would otherwise stop at different lengths);
 * peak training memory, each model in its own subprocess: peak RSS (ru_maxrss) minus the RSS just before
   the model is built, and on CUDA torch.cuda.max_memory_allocated;
 * for information: eager ÷ sdpa inside AttnMT, and achieved training FLOP/s (FlopCounterMode) as a
@@ -264,16 +264,20 @@ def time_training(model, optimizer, batches, args) -> float:
 
 
 def generation_config(args, config: AttnMTConfig, num_beams: int) -> GenerationConfig:
-    """One explicit generation config for both models: exactly max_new_tokens new tokens each."""
+    """One explicit generation config for both models: exactly max_new_tokens new tokens each.
+
+    Random-init models would stop at different lengths. Without an end-of-sentence token every hypothesis
+    runs to max_new_tokens; forcing the length with min_new_tokens instead would add two logits processors
+    (a full (batch × beams, vocab) `torch.where` each per step) that real decoding does not run and that
+    would dilute the difference between the models."""
     return GenerationConfig(
         num_beams=num_beams,
         do_sample=False,
         max_new_tokens=args.max_new_tokens,
-        min_new_tokens=args.max_new_tokens,
         use_cache=True,
         pad_token_id=config.pad_token_id,
         bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
+        eos_token_id=None,
         decoder_start_token_id=config.decoder_start_token_id,
     )
 

@@ -662,6 +662,20 @@ class AttnMTForConditionalGeneration(AttnMTPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Linear):
         self.lm_head = new_embeddings
 
+    def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
+        """Keep the cache rows of the hypotheses that survive a beam-search step (generate() calls this hook
+        after every step instead of `cache.reorder_cache`).
+
+        Only the self-attention keys/values differ between the beams of one sentence. The cross-attention
+        ones are projections of the same encoder output, repeated once per beam, and `beam_idx` only moves
+        rows among the beams of the same sentence: reordering them would copy identical rows, every step.
+        """
+        if isinstance(cache, EncoderDecoderCache):
+            cache.self_attention_cache.reorder_cache(beam_idx)
+        else:
+            cache.reorder_cache(beam_idx)
+        return cache
+
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 

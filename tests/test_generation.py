@@ -234,3 +234,30 @@ def test_translation_pipeline_matches_generate(trained_model, tokenizer, sources
     assert single == results[0]
     as_ids = pipe(sources[0], num_beams=3, max_length=MAX_LENGTH, return_tensors=True)
     assert tokenizer.decode(as_ids["translation_token_ids"], skip_special_tokens=True) == results[0]["translation_text"]
+
+
+def test_beam_reorder_skips_the_identical_cross_attention_rows(trained_model, source_batch, monkeypatch):
+    """Our `_reorder_cache` moves only the self-attention keys/values; beam search gives exactly what the
+    generic `EncoderDecoderCache.reorder_cache` (both caches reordered) gives."""
+    kwargs = dict(num_beams=4, num_return_sequences=2, max_length=MAX_LENGTH, return_dict_in_generate=True,
+                  output_scores=True)
+    calls, ours_reorder = [], type(trained_model)._reorder_cache
+    original = EncoderDecoderCache.reorder_cache
+    monkeypatch.setattr(EncoderDecoderCache, "reorder_cache", lambda self, idx: calls.append(1) or original(self, idx))
+    ours = trained_model.generate(**source_batch, **kwargs)
+    assert not calls  # the model's hook ran, not the cache's own reorder
+    monkeypatch.delattr(type(trained_model), "_reorder_cache")
+    generic = trained_model.generate(**source_batch, **kwargs)
+    assert calls  # now it did
+    assert torch.equal(ours.sequences, generic.sequences)
+    torch.testing.assert_close(ours.sequences_scores, generic.sequences_scores, rtol=0, atol=1e-6)
+
+    # Unit level: self-attention rows follow beam_idx, cross-attention rows stay where they are.
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    self_kv, cross_kv = torch.arange(4.0).view(4, 1, 1, 1), torch.arange(4.0).view(4, 1, 1, 1) + 10
+    cache.self_attention_cache.update(self_kv, self_kv, 0)
+    cache.cross_attention_cache.update(cross_kv, cross_kv, 0)
+    beam_idx = torch.tensor([1, 1, 3, 2])
+    cache = ours_reorder(trained_model, cache, beam_idx)
+    assert cache.self_attention_cache.layers[0].keys.flatten().tolist() == [1.0, 1.0, 3.0, 2.0]
+    assert cache.cross_attention_cache.layers[0].keys.flatten().tolist() == [10.0, 11.0, 12.0, 13.0]
