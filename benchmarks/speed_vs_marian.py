@@ -10,8 +10,9 @@ slow drift of a shared machine hits both), and the script prints medians and our
   dropout as configured), on length-grouped token batches of the training split;
 * generation: sentences per second, greedy and beam 5, batch 32 test sentences, exactly 64 new tokens
   (no end-of-sentence token, because random-init models would otherwise stop at different lengths);
-* peak training memory, each model in its own subprocess: peak RSS (ru_maxrss) minus the RSS just before
-  the model is built, and on CUDA torch.cuda.max_memory_allocated;
+* peak training memory, each model in its own subprocess: peak RSS (VmHWM, reset just before the model
+  is built, after a throw-away warm-up model has paid the runtime's one-time costs) minus the RSS at that
+  point, and on CUDA torch.cuda.max_memory_allocated;
 * for information: eager ÷ sdpa inside AttnMT, and achieved training FLOP/s (FlopCounterMode) as a
   fraction of the measured float32 (or bf16) matmul peak.
 
@@ -29,7 +30,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -204,6 +204,9 @@ def build_model(which: str, config: AttnMTConfig, seed: int, device: str) -> tor
         model = AttnMTForConditionalGeneration(config)
     else:
         model = MarianMTModel(marian_config(config))
+    # generate() fills unset options from the model's own generation config: without this, its
+    # end-of-sentence id would come back and random-init hypotheses would stop at different lengths.
+    model.generation_config.eos_token_id = None
     return model.to(device)
 
 
@@ -341,26 +344,47 @@ def current_rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size since the last `reset_peak_rss` (Linux VmHWM)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
+
+def reset_peak_rss() -> None:
+    """Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
 def memory_worker(args) -> None:
-    """Run in a fresh process: build one model, train on the batches, print its peak memory as JSON."""
+    """Run in a fresh process: train one model on the batches, print its peak memory as JSON.
+
+    What is measured is the memory the model costs: weights, gradients, AdamW moments and the activations
+    of the largest step. The one-time costs of the runtime (oneDNN kernels, thread pools, allocator arenas:
+    ~200 MB on the first step, the same for any model) are paid by a throw-away warm-up model first, and
+    the parent starts this process with a fixed `MALLOC_MMAP_THRESHOLD_`, so that freed tensors go back to
+    the system and the resident set follows the live tensors.
+    """
+    import ctypes
+
     torch.set_num_threads(args.threads)
     saved = torch.load(args._batches_file)
     config = AttnMTConfig.from_dict(saved["config"])
     batches = [to_device(b, args.device) for b in saved["batches"]]
+    warmup_model = build_model(args._memory_worker, config, args.seed, args.device)
+    time_training(warmup_model, make_optimizer(warmup_model), batches[:1], args)
+    del warmup_model
     gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     rss_before = current_rss_bytes()
-    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    reset_peak_rss()
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         cuda_before = torch.cuda.memory_allocated()
     model = build_model(args._memory_worker, config, args.seed, args.device)
     optimizer = make_optimizer(model)
     time_training(model, optimizer, batches, args)
-    result = {
-        "rss_before_bytes": rss_before,
-        "maxrss_before_bytes": maxrss_before,
-        "peak_rss_increase_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before,
-    }
+    result = {"rss_before_bytes": rss_before, "peak_rss_increase_bytes": peak_rss_bytes() - rss_before}
     if args.device == "cuda":
         result["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated() - cuda_before
     print("MEMORY_RESULT " + json.dumps(result))
@@ -373,7 +397,8 @@ def measure_memory(args, config: AttnMTConfig, batches, which: str) -> dict:
         command = [sys.executable, __file__, "--_memory_worker", which, "--_batches_file", batches_file,
                    "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype,
                    "--seed", str(args.seed)]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}  # see memory_worker
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"memory worker for {which} failed:\n{done.stderr[-3000:]}")
     line = [x for x in done.stdout.splitlines() if x.startswith("MEMORY_RESULT ")][-1]
