@@ -207,6 +207,7 @@ def build_model(which: str, config: AttnMTConfig, seed: int, device: str) -> tor
     # generate() fills unset options from the model's own generation config: without this, its
     # end-of-sentence id would come back and random-init hypotheses would stop at different lengths.
     model.generation_config.eos_token_id = None
+    model.generation_config.max_length = None  # the length is max_new_tokens (and this silences a warning)
     return model.to(device)
 
 
