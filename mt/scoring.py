@@ -27,7 +27,7 @@ def load_metrics(source: str = "local") -> dict:
 
     Args:
         source: "local" loads `metrics/sacrebleu` and `metrics/chrf` of this repository by path (no network
-            needed); "hub" loads the Hub's `sacrebleu` and `chrf` modules (same numbers, needs the network once).
+            needed); "hub" loads the Hub's `sacrebleu` and `chrf` modules (the same sacreBLEU calls; needs the network once).
 
     The modules keep their data in memory (no cache files), so that every process of a distributed run can
     score the gathered translations without lock files colliding.
