@@ -99,15 +99,15 @@ def build_tokenizer(config: TrainingConfig, train: datasets.Dataset, accelerator
 
 
 def build_model(config: TrainingConfig, tokenizer) -> transformers.PreTrainedModel:
+    # Dropout overrides go into the config before the model is built: layers read their rates at init.
+    overrides = {name: getattr(config, name) for name in ("dropout", "attention_dropout", "activation_dropout")
+                 if getattr(config, name) is not None}
     if config.model_name_or_path:
         model = AutoModelForSeq2SeqLM.from_pretrained(config.model_name_or_path, trust_remote_code=True,
-                                                      dtype=torch.float32)
-        if config.dropout is not None and hasattr(model.config, "dropout"):
-            model.config.dropout = config.dropout
+                                                      dtype=torch.float32, **overrides)
     else:
         preset = load_model_preset(config.model_config)
-        if config.dropout is not None:
-            preset["dropout"] = config.dropout
+        preset.update(overrides)
         preset.update(vocab_size=len(tokenizer), decoder_start_token_id=SPECIAL_TOKEN_IDS["bos_token_id"],
                       **SPECIAL_TOKEN_IDS)
         model = AttnMTForConditionalGeneration(AttnMTConfig(**preset))

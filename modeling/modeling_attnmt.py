@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, EncoderDecoderCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -199,6 +199,86 @@ class AttnMTAttention(nn.Module):
         )  # output: (B, T, H, Dh)
         output = output.reshape(B, T, self.embed_dim)  # merge heads: (B, T, D)
         return self.out_proj(output), weights
+
+
+class AttnMTBeamSearchCacheLayer(DynamicLayer):
+    """The decoder self-attention cache of one layer during `generate()`: transformers' `DynamicLayer`, except
+    that a beam-search reorder is deferred to the next `update` and done in the same copy as the append.
+
+    Beam search keeps, after every step, the cache rows of the hypotheses that survive (`reorder_cache`), and
+    the next step appends one position to them (`update`). Done one after the other, as `DynamicLayer` does,
+    that is two full copies of the cache per step and layer: a gather into a new tensor, then a
+    concatenation into another. Here the gather writes straight into the tensor that also receives the new
+    position, so the cache is copied once per step. The result is exactly the same.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._pending_beam_idx: torch.LongTensor | None = None
+
+    # Anything that reads `keys`/`values` from outside (crop, offload, a user inspecting the cache) sees them
+    # in beam order: a pending reorder is applied first.
+    @property
+    def keys(self) -> torch.Tensor | None:
+        self._apply_pending_reorder()
+        return self._keys
+
+    @keys.setter
+    def keys(self, value: torch.Tensor | None):
+        self._keys = value
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        self._apply_pending_reorder()
+        return self._values
+
+    @values.setter
+    def values(self, value: torch.Tensor | None):
+        self._values = value
+
+    def get_seq_length(self) -> int:
+        # A reorder does not change the length: no need to apply it to answer.
+        if not self.is_initialized or self._keys.numel() == 0:
+            return 0
+        return self._keys.shape[-2]
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.get_seq_length() == 0:
+            return
+        beam_idx = beam_idx.to(self._keys.device)
+        # Two reorders in a row compose: row i of the result is row beam_idx[i] of the first reorder's result.
+        pending = self._pending_beam_idx
+        self._pending_beam_idx = beam_idx.clone() if pending is None else pending.index_select(0, beam_idx)
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._pending_beam_idx is None:
+            return super().update(key_states, value_states, *args, **kwargs)
+        beam_idx, self._pending_beam_idx = self._pending_beam_idx, None
+        self._keys = self._gather_and_append(self._keys, beam_idx, key_states)
+        self._values = self._gather_and_append(self._values, beam_idx, value_states)
+        return self._keys, self._values
+
+    @staticmethod
+    def _gather_and_append(cache: torch.Tensor, beam_idx: torch.LongTensor, new: torch.Tensor) -> torch.Tensor:
+        """cat([cache[beam_idx], new], dim=-2) in one pass: (N, H, P, Dh) + (N, H, T, Dh) -> (N, H, P + T, Dh)."""
+        past_length = cache.shape[-2]
+        out = cache.new_empty(beam_idx.shape[0], cache.shape[1], past_length + new.shape[-2], cache.shape[-1])
+        torch.index_select(cache, 0, beam_idx, out=out[:, :, :past_length])
+        out[:, :, past_length:] = new
+        return out
+
+    def _apply_pending_reorder(self) -> None:
+        beam_idx = getattr(self, "_pending_beam_idx", None)
+        if beam_idx is not None:
+            self._pending_beam_idx = None
+            self._keys = self._keys.index_select(0, beam_idx)
+            self._values = self._values.index_select(0, beam_idx)
+
+    def reset(self) -> None:
+        self._pending_beam_idx = None
+        super().reset()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -661,6 +741,24 @@ class AttnMTForConditionalGeneration(AttnMTPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, new_embeddings: nn.Linear):
         self.lm_head = new_embeddings
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs):
+        """generate() builds an `EncoderDecoderCache` of two `DynamicCache`s; give its self-attention half
+        `AttnMTBeamSearchCacheLayer`s (one copy of the cache per beam-search step instead of two). A cache
+        the caller passed in, or any other kind (static, offloaded, quantized), is left as it is."""
+        result = super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        cache = model_kwargs.get("cache")
+        if (
+            isinstance(cache, EncoderDecoderCache)
+            and not getattr(cache, "_is_user_defined", False)
+            and type(cache.self_attention_cache) is DynamicCache
+            and not cache.self_attention_cache.offloading
+            and all(type(layer) is DynamicLayer and not layer.is_initialized for layer in cache.self_attention_cache.layers)
+        ):
+            cache.self_attention_cache.layers = [
+                AttnMTBeamSearchCacheLayer() for _ in cache.self_attention_cache.layers
+            ]
+        return result
 
     def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
         """Keep the cache rows of the hypotheses that survive a beam-search step (generate() calls this hook

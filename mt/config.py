@@ -66,7 +66,9 @@ class TrainingConfig:
     num_train_epochs: int = 10
     max_train_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimizer updates (overrides epochs)."})
     label_smoothing: float = 0.1
-    dropout: float | None = field(default=None, metadata={"help": "Override the model preset's dropout."})
+    dropout: float | None = field(default=None, metadata={"help": "Override the model's residual/embedding dropout."})
+    attention_dropout: float | None = field(default=None, metadata={"help": "Override the model's dropout on attention weights."})
+    activation_dropout: float | None = field(default=None, metadata={"help": "Override the model's dropout inside the feed-forward block."})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16."})
     seed: int = 42
     cpu: bool = field(default=False, metadata={"help": "Force the CPU (needed for multi-process runs on a machine without GPU)."})
@@ -93,7 +95,8 @@ class TrainingConfig:
             raise ValueError(f"Invalid training config: {message}")
 
         if (self.model_config is None) == (self.model_name_or_path is None):
-            fail("give exactly one of model_config (train from scratch) or model_name_or_path (fine-tune).")
+            fail("give exactly one of model_config (train from scratch) or model_name_or_path (fine-tune); to "
+                 "fine-tune with a preset that names a model_config, add --model_config \"\".")
         if self.tokenizer_type not in ("bpe", "unigram"):
             fail(f"tokenizer_type={self.tokenizer_type!r}; use bpe or unigram.")
         if self.lr_scheduler_type not in SCHEDULERS:
@@ -197,8 +200,9 @@ def load_config(argv: list[str] | None = None) -> TrainingConfig:
     for name in ("model_config", "data_dir", "train_file", "validation_file", "test_file"):
         if values.get(name):
             values[name] = resolve_path(values[name])
-    # An empty flag clears a preset value: `--test_split ""`, or `--data_dir ""` to use another corpus source.
-    for name in ("test_split", "checkpointing_steps", "resume_from_checkpoint", "data_dir", "dataset_name",
+    # An empty flag clears a preset value: `--test_split ""`, `--data_dir ""` to use another corpus source, or
+    # `--model_config ""` to fine-tune (`--model_name_or_path`) with a from-scratch preset's other settings.
+    for name in ("model_config", "test_split", "checkpointing_steps", "resume_from_checkpoint", "data_dir", "dataset_name",
                  "dataset_config_name", "train_file", "validation_file", "test_file"):
         if values.get(name) == "":
             values[name] = None

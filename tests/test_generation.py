@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
 
 from modeling import AttnMTTranslationPipeline
+from modeling.modeling_attnmt import AttnMTBeamSearchCacheLayer
 
 from conftest import tiny_model
 
@@ -261,3 +262,44 @@ def test_beam_reorder_skips_the_identical_cross_attention_rows(trained_model, so
     cache = ours_reorder(trained_model, cache, beam_idx)
     assert cache.self_attention_cache.layers[0].keys.flatten().tolist() == [1.0, 1.0, 3.0, 2.0]
     assert cache.cross_attention_cache.layers[0].keys.flatten().tolist() == [10.0, 11.0, 12.0, 13.0]
+
+
+def test_beam_search_cache_layer_fuses_reorder_and_append():
+    """The deferred reorder gives what DynamicLayer's reorder-then-append gives, composes, and is applied
+    before anyone reads the keys/values."""
+    torch.manual_seed(0)
+    ours, reference = AttnMTBeamSearchCacheLayer(), DynamicLayer()
+    first = torch.randn(4, 2, 3, 5)
+    for layer in (ours, reference):
+        layer.update(first, first + 1)
+    for beam_idx in (torch.tensor([1, 1, 3, 2]), torch.tensor([0, 2, 2, 1])):  # two reorders in a row compose
+        ours.reorder_cache(beam_idx)
+        reference.reorder_cache(beam_idx)
+    assert ours.get_seq_length() == 3 and ours._pending_beam_idx is not None  # not applied yet
+    step = torch.randn(4, 2, 1, 5)
+    keys, values = ours.update(step, step + 1)
+    expected_keys, expected_values = reference.update(step, step + 1)
+    assert ours._pending_beam_idx is None
+    assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)
+    assert keys.shape == (4, 2, 4, 5) and keys.is_contiguous()
+
+    beam_idx = torch.tensor([3, 0, 0, 1])
+    ours.reorder_cache(beam_idx)
+    reference.reorder_cache(beam_idx)
+    assert torch.equal(ours.keys, reference.keys) and torch.equal(ours.values, reference.values)  # read: applied
+    assert ours._pending_beam_idx is None
+
+
+def test_generate_uses_the_beam_search_cache_layer_and_matches_dynamic_cache(trained_model, source_batch):
+    kwargs = dict(num_beams=4, num_return_sequences=2, max_length=MAX_LENGTH, return_dict_in_generate=True,
+                  output_scores=True)
+    ours = trained_model.generate(**source_batch, **kwargs)
+    assert all(type(layer) is AttnMTBeamSearchCacheLayer for layer in ours.cache.self_attention_cache.layers)
+    # A cache the caller passes in is used as given: plain DynamicLayers, reordered then appended.
+    plain = trained_model.generate(**source_batch, cache=EncoderDecoderCache(DynamicCache(), DynamicCache()), **kwargs)
+    assert all(type(layer) is DynamicLayer for layer in plain.cache.self_attention_cache.layers)
+    assert torch.equal(ours.sequences, plain.sequences)
+    torch.testing.assert_close(ours.sequences_scores, plain.sequences_scores, rtol=0, atol=1e-6)
+    # The returned cache is in final beam order either way.
+    for a, b in zip(ours.cache.self_attention_cache.layers, plain.cache.self_attention_cache.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)

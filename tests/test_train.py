@@ -226,6 +226,25 @@ def test_flags_override_preset_and_types_are_checked(tmp_path):
             load_config(["--config", "configs/train/tiny.yaml", *flags])
 
 
+@pytest.mark.parametrize("from_export", [False, True])
+def test_dropout_flags_reach_every_layer(trained_run, from_export):
+    """--dropout/--attention_dropout/--activation_dropout change the rates the layers actually use, for a
+    preset and for a saved model being fine-tuned (layers read their rates when they are built)."""
+    from transformers import AutoTokenizer
+
+    export = trained_run[0] / "model"
+    flags = ["--config", "configs/train/tiny.yaml", "--dropout", "0.25", "--attention_dropout", "0.15",
+             "--activation_dropout", "0.05"]
+    if from_export:
+        flags += ["--model_config", "", "--model_name_or_path", str(export)]
+    model = train.build_model(load_config(flags), AutoTokenizer.from_pretrained(export))
+    assert (model.config.dropout, model.config.attention_dropout, model.config.activation_dropout) == (0.25, 0.15, 0.05)
+    for layer in (*model.model.encoder.layers, *model.model.decoder.layers):
+        assert layer.dropout == 0.25 and layer.ffn.activation_dropout == 0.05
+        assert layer.self_attn.dropout == 0.15
+    assert all(layer.encoder_attn.dropout == 0.15 for layer in model.model.decoder.layers)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Data: every bad input gets a clear error or a counted filter
 # ---------------------------------------------------------------------------------------------------
