@@ -185,9 +185,12 @@ class AttnMTAttention(nn.Module):
                     key, value = cache.self_attention_cache.update(key, value, self.layer_idx)
 
         # "eager" is the formula above; any other name ("sdpa") is looked up in transformers' registry.
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        implementation = self.config._attn_implementation
+        if implementation == "sdpa" and T == 1 and query.device.type == "cpu":
+            # A decoding step: one query per sequence. On a CPU the fused kernel then has nothing to fuse, and
+            # the formula's two small matmuls are faster than its per-call set-up (benchmarks/RESULTS.md).
+            implementation = "eager"
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         output, weights = attention_interface(
             self,
             query,
@@ -201,20 +204,25 @@ class AttnMTAttention(nn.Module):
         return self.out_proj(output), weights
 
 
-class AttnMTBeamSearchCacheLayer(DynamicLayer):
-    """The decoder self-attention cache of one layer during `generate()`: transformers' `DynamicLayer`, except
-    that a beam-search reorder is deferred to the next `update` and done in the same copy as the append.
+class AttnMTDecodingCacheLayer(DynamicLayer):
+    """The decoder self-attention cache of one layer during `generate()`: transformers' `DynamicLayer`
+    (keys/values of shape (N, H, P, Dh), grown by one position per step) without its two copies per step.
 
-    Beam search keeps, after every step, the cache rows of the hypotheses that survive (`reorder_cache`), and
-    the next step appends one position to them (`update`). Done one after the other, as `DynamicLayer` does,
-    that is two full copies of the cache per step and layer: a gather into a new tensor, then a
-    concatenation into another. Here the gather writes straight into the tensor that also receives the new
-    position, so the cache is copied once per step. The result is exactly the same.
+    - Appending: `DynamicLayer` concatenates, so every step copies the whole cache into a new tensor. Here the
+      cache lives in a buffer with spare positions; a step writes its keys/values into the next free slot and
+      `keys`/`values` are views of the filled part. The buffer doubles when full (amortised O(1) per step).
+    - Beam search keeps, after every step, the cache rows of the surviving hypotheses (`reorder_cache`): a
+      gather into yet another tensor. Here the gather is deferred to the next `update` and writes straight
+      into the tensor that also receives the new position: one copy per step instead of two.
+
+    Keys, values and therefore generations are exactly those of `DynamicLayer` (tested).
     """
 
     def __init__(self):
         super().__init__()
         self._pending_beam_idx: torch.LongTensor | None = None
+        self._key_buffer: torch.Tensor | None = None
+        self._value_buffer: torch.Tensor | None = None
 
     # Anything that reads `keys`/`values` from outside (crop, offload, a user inspecting the cache) sees them
     # in beam order: a pending reorder is applied first.
@@ -253,21 +261,53 @@ class AttnMTBeamSearchCacheLayer(DynamicLayer):
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._pending_beam_idx is None:
-            return super().update(key_states, value_states, *args, **kwargs)
-        beam_idx, self._pending_beam_idx = self._pending_beam_idx, None
-        self._keys = self._gather_and_append(self._keys, beam_idx, key_states)
-        self._values = self._gather_and_append(self._values, beam_idx, value_states)
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        past_length, new_length = self.get_seq_length(), key_states.shape[-2]
+        if self._pending_beam_idx is not None:
+            # Beam search: gather the surviving rows into a fresh buffer, then append.
+            beam_idx, self._pending_beam_idx = self._pending_beam_idx, None
+            self._key_buffer = self._gathered_buffer(self._keys, beam_idx, past_length + new_length)
+            self._value_buffer = self._gathered_buffer(self._values, beam_idx, past_length + new_length)
+        elif not self._owns_buffers(past_length + new_length, key_states.shape[0]):
+            # First step, a full buffer, or keys replaced from outside (crop, batch selection): start a
+            # buffer with room to spare and copy what is cached into it.
+            self._key_buffer = self._grown_buffer(self._keys, key_states, past_length + new_length)
+            self._value_buffer = self._grown_buffer(self._values, value_states, past_length + new_length)
+        self._key_buffer[:, :, past_length : past_length + new_length] = key_states
+        self._value_buffer[:, :, past_length : past_length + new_length] = value_states
+        self._keys = self._key_buffer[:, :, : past_length + new_length]  # (N, H, P + T, Dh), a view
+        self._values = self._value_buffer[:, :, : past_length + new_length]
         return self._keys, self._values
 
+    def _owns_buffers(self, length: int, batch_size: int) -> bool:
+        """Are `keys`/`values` still the filled part of our buffers, with room for `length` positions?"""
+        buffer = self._key_buffer
+        return (
+            buffer is not None
+            and buffer.shape[0] == batch_size
+            and buffer.shape[-2] >= length
+            and self._keys.data_ptr() == buffer.data_ptr()
+            and self._keys.stride() == buffer.stride()
+            and self._values.data_ptr() == self._value_buffer.data_ptr()
+        )
+
     @staticmethod
-    def _gather_and_append(cache: torch.Tensor, beam_idx: torch.LongTensor, new: torch.Tensor) -> torch.Tensor:
-        """cat([cache[beam_idx], new], dim=-2) in one pass: (N, H, P, Dh) + (N, H, T, Dh) -> (N, H, P + T, Dh)."""
-        past_length = cache.shape[-2]
-        out = cache.new_empty(beam_idx.shape[0], cache.shape[1], past_length + new.shape[-2], cache.shape[-1])
-        torch.index_select(cache, 0, beam_idx, out=out[:, :, :past_length])
-        out[:, :, past_length:] = new
-        return out
+    def _grown_buffer(cached: torch.Tensor, new: torch.Tensor, length: int) -> torch.Tensor:
+        """An empty (N, H, 2 × length, Dh) buffer holding `cached` in its first positions."""
+        N, H, _, Dh = new.shape
+        buffer = new.new_empty(N, H, max(2 * length, 16), Dh)
+        if cached.numel() > 0:
+            buffer[:, :, : cached.shape[-2]] = cached
+        return buffer
+
+    @staticmethod
+    def _gathered_buffer(cached: torch.Tensor, beam_idx: torch.LongTensor, length: int) -> torch.Tensor:
+        """An exact-size (N, H, length, Dh) buffer whose first positions are `cached[beam_idx]`."""
+        past_length = cached.shape[-2]
+        buffer = cached.new_empty(beam_idx.shape[0], cached.shape[1], length, cached.shape[-1])
+        torch.index_select(cached, 0, beam_idx, out=buffer[:, :, :past_length])
+        return buffer
 
     def _apply_pending_reorder(self) -> None:
         beam_idx = getattr(self, "_pending_beam_idx", None)
@@ -278,6 +318,7 @@ class AttnMTBeamSearchCacheLayer(DynamicLayer):
 
     def reset(self) -> None:
         self._pending_beam_idx = None
+        self._key_buffer = self._value_buffer = None
         super().reset()
 
 
@@ -744,7 +785,7 @@ class AttnMTForConditionalGeneration(AttnMTPreTrainedModel, GenerationMixin):
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs):
         """generate() builds an `EncoderDecoderCache` of two `DynamicCache`s; give its self-attention half
-        `AttnMTBeamSearchCacheLayer`s (one copy of the cache per beam-search step instead of two). A cache
+        `AttnMTDecodingCacheLayer`s (appends in place, beam reorders fused with them). A cache
         the caller passed in, or any other kind (static, offloaded, quantized), is left as it is."""
         result = super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
         cache = model_kwargs.get("cache")
@@ -756,7 +797,7 @@ class AttnMTForConditionalGeneration(AttnMTPreTrainedModel, GenerationMixin):
             and all(type(layer) is DynamicLayer and not layer.is_initialized for layer in cache.self_attention_cache.layers)
         ):
             cache.self_attention_cache.layers = [
-                AttnMTBeamSearchCacheLayer() for _ in cache.self_attention_cache.layers
+                AttnMTDecodingCacheLayer() for _ in cache.self_attention_cache.layers
             ]
         return result
 

@@ -5,7 +5,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
 
 from modeling import AttnMTTranslationPipeline
-from modeling.modeling_attnmt import AttnMTBeamSearchCacheLayer
+from modeling.modeling_attnmt import AttnMTDecodingCacheLayer
 
 from conftest import tiny_model
 
@@ -264,42 +264,68 @@ def test_beam_reorder_skips_the_identical_cross_attention_rows(trained_model, so
     assert cache.cross_attention_cache.layers[0].keys.flatten().tolist() == [10.0, 11.0, 12.0, 13.0]
 
 
-def test_beam_search_cache_layer_fuses_reorder_and_append():
-    """The deferred reorder gives what DynamicLayer's reorder-then-append gives, composes, and is applied
-    before anyone reads the keys/values."""
+def test_decoding_cache_layer_equals_dynamic_layer():
+    """In-place appends (past the buffer's capacity), deferred and composed beam reorders, crop and batch
+    selection from outside: after every operation the keys/values are exactly DynamicLayer's."""
     torch.manual_seed(0)
-    ours, reference = AttnMTBeamSearchCacheLayer(), DynamicLayer()
-    first = torch.randn(4, 2, 3, 5)
-    for layer in (ours, reference):
-        layer.update(first, first + 1)
+    ours, reference = AttnMTDecodingCacheLayer(), DynamicLayer()
+
+    def both(operation, *args):
+        results = [getattr(layer, operation)(*args) for layer in (ours, reference)]
+        assert ours.get_seq_length() == reference.get_seq_length()
+        if reference.keys is None:  # after reset
+            assert ours.keys is None and ours.values is None
+        else:
+            assert torch.equal(ours.keys, reference.keys) and torch.equal(ours.values, reference.values)
+        return results
+
+    def step(rows=4, length=1):
+        new = torch.randn(rows, 2, length, 5)
+        (keys, values), (expected_keys, expected_values) = both("update", new, new + 1)
+        assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)
+
+    step(length=3)  # a prefilled prompt
+    buffer = ours._key_buffer
+    for _ in range(5):
+        step()
+    assert ours._key_buffer is buffer  # written in place, no new tensor
+    for _ in range(30):  # past the first buffer's capacity: it grows
+        step()
+    assert ours._key_buffer is not buffer and ours.get_seq_length() == 38
+
     for beam_idx in (torch.tensor([1, 1, 3, 2]), torch.tensor([0, 2, 2, 1])):  # two reorders in a row compose
         ours.reorder_cache(beam_idx)
         reference.reorder_cache(beam_idx)
-    assert ours.get_seq_length() == 3 and ours._pending_beam_idx is not None  # not applied yet
-    step = torch.randn(4, 2, 1, 5)
-    keys, values = ours.update(step, step + 1)
-    expected_keys, expected_values = reference.update(step, step + 1)
-    assert ours._pending_beam_idx is None
-    assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)
-    assert keys.shape == (4, 2, 4, 5) and keys.is_contiguous()
+    assert ours._pending_beam_idx is not None  # not applied yet: the next update does it in its copy
+    step()
+    assert ours._pending_beam_idx is None and ours.keys.shape == (4, 2, 39, 5)
+    ours.reorder_cache(torch.tensor([3, 0, 0, 1]))
+    reference.reorder_cache(torch.tensor([3, 0, 0, 1]))
+    assert torch.equal(ours.keys, reference.keys)  # reading applies a pending reorder
+    step()
 
-    beam_idx = torch.tensor([3, 0, 0, 1])
-    ours.reorder_cache(beam_idx)
-    reference.reorder_cache(beam_idx)
-    assert torch.equal(ours.keys, reference.keys) and torch.equal(ours.values, reference.values)  # read: applied
-    assert ours._pending_beam_idx is None
+    both("crop", -4)
+    step()
+    both("batch_select_indices", torch.tensor([0, 2]))
+    step(rows=2)
+    both("batch_repeat_interleave", 3)
+    step(rows=6)
+    both("reset")
+    step(length=2)
 
 
-def test_generate_uses_the_beam_search_cache_layer_and_matches_dynamic_cache(trained_model, source_batch):
-    kwargs = dict(num_beams=4, num_return_sequences=2, max_length=MAX_LENGTH, return_dict_in_generate=True,
-                  output_scores=True)
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_generate_uses_the_decoding_cache_layer_and_matches_dynamic_cache(trained_model, source_batch, num_beams):
+    kwargs = dict(num_beams=num_beams, num_return_sequences=min(num_beams, 2), max_length=MAX_LENGTH,
+                  return_dict_in_generate=True, output_scores=True)
     ours = trained_model.generate(**source_batch, **kwargs)
-    assert all(type(layer) is AttnMTBeamSearchCacheLayer for layer in ours.cache.self_attention_cache.layers)
+    assert all(type(layer) is AttnMTDecodingCacheLayer for layer in ours.cache.self_attention_cache.layers)
     # A cache the caller passes in is used as given: plain DynamicLayers, reordered then appended.
     plain = trained_model.generate(**source_batch, cache=EncoderDecoderCache(DynamicCache(), DynamicCache()), **kwargs)
     assert all(type(layer) is DynamicLayer for layer in plain.cache.self_attention_cache.layers)
     assert torch.equal(ours.sequences, plain.sequences)
-    torch.testing.assert_close(ours.sequences_scores, plain.sequences_scores, rtol=0, atol=1e-6)
+    if num_beams > 1:
+        torch.testing.assert_close(ours.sequences_scores, plain.sequences_scores, rtol=0, atol=1e-6)
     # The returned cache is in final beam order either way.
     for a, b in zip(ours.cache.self_attention_cache.layers, plain.cache.self_attention_cache.layers):
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
