@@ -370,6 +370,15 @@ def _positions(start: int, length: int, max_positions: int, device: torch.device
     return torch.arange(start, start + length, device=device)
 
 
+def _check_token_ids(ids: torch.Tensor, vocab_size: int, name: str) -> None:
+    """A clear error for ids outside the vocabulary (torch's own is an IndexError from inside the embedding)."""
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(
+            f"{name} must lie in [0, {vocab_size}) (the model's vocabulary); got {int(ids.min())}..{int(ids.max())}. "
+            "Encode the text with the model's own tokenizer."
+        )
+
+
 # ---------------------------------------------------------------------------------------------------
 # Blocks
 # ---------------------------------------------------------------------------------------------------
@@ -541,6 +550,7 @@ class AttnMTEncoder(nn.Module):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds to the encoder.")
         if inputs_embeds is None:
+            _check_token_ids(input_ids, self.config.vocab_size, "input_ids")
             inputs_embeds = self.embed_tokens(input_ids) * self.embed_scale  # (B, S, D)
         B, S, _ = inputs_embeds.shape
         positions = _positions(0, S, self.config.max_position_embeddings, inputs_embeds.device, "source")
@@ -605,6 +615,8 @@ class AttnMTDecoder(nn.Module):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of decoder_input_ids or decoder_inputs_embeds.")
         if inputs_embeds is None:
+            if cache is None:  # not while decoding: generate() feeds back the model's own predictions
+                _check_token_ids(input_ids, self.config.vocab_size, "decoder_input_ids")
             inputs_embeds = self.embed_tokens(input_ids) * self.embed_scale  # (B, T, D)
         B, T, _ = inputs_embeds.shape
         S = encoder_hidden_states.shape[1]
@@ -752,6 +764,59 @@ class AttnMTModel(AttnMTPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+class _CrossEntropyWithGradient(torch.autograd.Function):
+    """Mean label-smoothed cross-entropy of (N, V) logits whose gradient is computed in the forward pass.
+
+    With q the smoothed target distribution ((1 - ε) on the target token plus ε/V everywhere), the loss is
+    mean_n Σ_v -q_v·log softmax(z_n)_v and its gradient is ∂loss/∂z_n = (softmax(z_n) - q) / N. `F.cross_entropy`
+    gets there through log_softmax, a zero-filled (N, V) gradient for the picked entries, the smoothing term's
+    gradient and log_softmax's backward: several more passes over an (N, V) tensor, which at a small d_model
+    costs as much as the output projection itself. Here the log-probabilities are turned into that gradient
+    in place. Value and gradient equal `F.cross_entropy(logits, target, label_smoothing=ε)` (tested).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
+        N, V = logits.shape
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (N, V), float32 even under autocast
+        loss = -(1.0 - smoothing) * log_probs.gather(1, target[:, None]).sum() / N
+        if smoothing > 0:
+            loss = loss - smoothing * log_probs.sum() / (N * V)
+        grad = log_probs.exp_()  # softmax(z), in place
+        if smoothing > 0:
+            grad.sub_(smoothing / V)
+        grad.scatter_add_(1, target[:, None], grad.new_full((N, 1), smoothing - 1.0))
+        grad.div_(N)  # (softmax - q) / N
+        ctx.save_for_backward(grad)
+        ctx.logits_dtype = logits.dtype
+        ctx.used = False
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        if ctx.used:
+            raise RuntimeError("The training loss's gradient is consumed by the first backward; call the model "
+                               "again instead of backward(retain_graph=True) twice, or use model.eval().")
+        ctx.used = True
+        (grad,) = ctx.saved_tensors
+        return grad.mul_(grad_output).to(ctx.logits_dtype), None, None
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean (label-smoothed) cross-entropy of (N, V) logits and (N,) target ids: `F.cross_entropy`, with the
+    fewer-passes gradient of `_CrossEntropyWithGradient` when a gradient is needed."""
+    if target.numel() == 0:
+        raise ValueError("No labelled target position in the batch: every label is -100.")
+    if int(target.min()) < 0 or int(target.max()) >= logits.shape[-1]:
+        raise ValueError(
+            f"Label ids must lie in [0, {logits.shape[-1]}) (the vocabulary) or be -100 (ignored); got "
+            f"{int(target.min())}..{int(target.max())}. Tokenize the targets with the model's tokenizer."
+        )
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return _CrossEntropyWithGradient.apply(logits, target, label_smoothing)
+    return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+
+
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
     """Teacher forcing: the decoder reads [start, y1, ..., y_{T-1}] and is trained to predict [y1, ..., yT].
     Ignored label positions (-100) become padding."""
@@ -882,8 +947,8 @@ class AttnMTForConditionalGeneration(AttnMTPreTrainedModel, GenerationMixin):
                 labelled_logits = logits[labelled]
             # Label smoothing moves a little probability mass to every other token: the model is penalised
             # for over-confidence, which costs perplexity but improves BLEU (Szegedy et al.; Vaswani et al.).
-            loss = F.cross_entropy(
-                labelled_logits.float(), labels[labelled], label_smoothing=self.config.label_smoothing
+            loss = cross_entropy(
+                labelled_logits, labels[labelled], label_smoothing=self.config.label_smoothing
             )  # mean over the N labelled tokens
         else:
             logits = self.lm_head(hidden_states)  # (B, T, V)

@@ -7,6 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from modeling import AttnMTConfig, AttnMTForConditionalGeneration
+from modeling.modeling_attnmt import cross_entropy
 from mt.tokenizer import check_tokenizer_matches_config
 
 from conftest import TOKENIZER_VOCAB_SIZE, encode_pairs, tiny_config, tiny_model
@@ -367,3 +368,43 @@ def test_training_loss_skips_padding_in_the_lm_head_with_identical_loss_and_grad
     assert abs(out.loss.item() - reference.item()) <= TOL and abs(full.loss.item() - reference.item()) <= TOL
     for name, grad in fast.items():
         assert (grad - model.get_parameter(name).grad).abs().max() <= TOL, name
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1, 0.3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cross_entropy_with_gradient_equals_torch(label_smoothing, dtype):
+    """The training loss computes its gradient in the forward pass; value and gradient are F.cross_entropy's."""
+    torch.manual_seed(0)
+    logits = (torch.randn(37, 50) * 3).to(dtype).requires_grad_()
+    target = torch.randint(0, 50, (37,))
+    ours = cross_entropy(logits, target, label_smoothing)
+    (ours * 2.5).backward()  # a scaled loss (gradient accumulation, loss scaling) scales the gradient
+    grad = logits.grad.clone()
+    logits.grad = None
+    reference = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+    (reference * 2.5).backward()
+    assert ours.dtype == torch.float32 and grad.dtype == dtype
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
+    torch.testing.assert_close(grad, logits.grad, rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-2)
+    with torch.no_grad():  # no gradient needed: plain F.cross_entropy
+        torch.testing.assert_close(cross_entropy(logits, target, label_smoothing), reference, rtol=0, atol=1e-6)
+
+    retained = cross_entropy(logits, target, label_smoothing)
+    retained.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="retain_graph"):
+        retained.backward()
+
+
+def test_bad_labels_get_a_clear_error(padded_batch):
+    model = tiny_model().train()
+    labels = padded_batch["labels"]
+    last = labels.clone()
+    last[labels[:, -1] != -100, -1] = 10**6  # the last label of the longest row is never a decoder input
+    with pytest.raises(ValueError, match=r"Label ids must lie in \[0, "):
+        model(**{**padded_batch, "labels": last})
+    with pytest.raises(ValueError, match=r"decoder_input_ids must lie in \[0, "):
+        model(**{**padded_batch, "labels": labels.masked_fill(labels == labels[0, 0], 10**6)})
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, .*model's own tokenizer"):
+        model(**{**padded_batch, "input_ids": padded_batch["input_ids"] - 1})
+    with pytest.raises(ValueError, match="No labelled target position"):
+        model(**{**padded_batch, "labels": torch.full_like(padded_batch["labels"], -100)})
