@@ -455,6 +455,10 @@ def machine_info(args) -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
+    commit = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True)
+    if commit.returncode == 0:
+        info["commit"] = commit.stdout.strip()  # the model code that was measured
     if args.device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     return info
