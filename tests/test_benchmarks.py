@@ -1,0 +1,45 @@
+"""The speed benchmark runs end to end on a tiny preset and reports every figure issue 5 asks for.
+
+Only the mechanics are checked (a timed test would be noise on these machines): both models train and
+generate exactly max_new_tokens, each ratio is the paired ratio of the two measurements, memory comes from
+the worker processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_speed_benchmark_smoke(tmp_path):
+    out = tmp_path / "speed.json"
+    command = [
+        sys.executable, "benchmarks/speed_vs_marian.py", "--model_config", "configs/model/tiny.yaml", "--quick",
+        "--vocab_size", "600", "--max_tokens", "512", "--gen_batch_size", "4", "--max_new_tokens", "6",
+        "--threads", "1", "--cache_dir", str(tmp_path / "cache"), "--json", str(out),
+    ]
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    comparison = results["comparison"]
+    for figure in ("train_tokens_per_s", "greedy_sentences_per_s", "beam_sentences_per_s"):
+        row = comparison[figure]
+        assert row["ours"] > 0 and row["marian"] > 0 and len(row["ratios"]) == 2
+        assert min(row["ratios"]) <= row["ratio"] <= max(row["ratios"])
+    memory = comparison["peak_train_memory"]
+    assert memory["ours"] > 0 and memory["marian"] > 0
+    assert abs(memory["ratio"] - memory["ours"] / memory["marian"]) < 1e-9
+    assert set(results["eager_vs_sdpa"]) == {"train_tokens_per_s", "greedy_sentences_per_s", "beam_sentences_per_s"}
+    assert results["machine"]["threads"] == 1 and "commit" in results["machine"]
+    for name, row in results["flops"].items():
+        assert row["achieved"] > 0 and 0 < row["fraction_of_peak"], name
+    # The printed table carries the same ratios.
+    table = run.stdout[run.stdout.index("ours÷Marian"):]
+    for figure in ("training tokens/s", "greedy sentences/s", "beam-5 sentences/s", "peak training memory"):
+        line = next(line for line in table.splitlines() if line.startswith(figure))
+        key = {"training tokens/s": "train_tokens_per_s", "greedy sentences/s": "greedy_sentences_per_s",
+               "beam-5 sentences/s": "beam_sentences_per_s", "peak training memory": "peak_train_memory"}[figure]
+        assert f"{comparison[key]['ratio']:.3f}" in line
