@@ -859,11 +859,10 @@ class AttnMTForConditionalGeneration(AttnMTPreTrainedModel, GenerationMixin):
             and not getattr(cache, "_is_user_defined", False)
             and type(cache.self_attention_cache) is DynamicCache
             and not cache.self_attention_cache.offloading
-            and all(type(layer) is DynamicLayer and not layer.is_initialized for layer in cache.self_attention_cache.layers)
         ):
-            cache.self_attention_cache.layers = [
-                AttnMTDecodingCacheLayer() for _ in cache.self_attention_cache.layers
-            ]
+            layers = cache.self_attention_cache.layers
+            if all(type(layer) is DynamicLayer and not layer.is_initialized for layer in layers):
+                cache.self_attention_cache.layers = [AttnMTDecodingCacheLayer() for _ in layers]
         return result
 
     def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
