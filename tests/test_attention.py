@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from modeling import build_attention_mask, eager_attention_forward
-from modeling.modeling_attnmt import AttnMTAttention
+from modeling.modeling_attnmt import AttnMTAttention, decoding_step_attention_forward
 
 from conftest import tiny_config, tiny_model
 
@@ -135,6 +135,61 @@ def test_fully_masked_row_gives_no_nan(dtype):
     # Bool masks too.
     output_bool, _ = eager_attention_forward(_module(), q, k, v, mask == 0, scaling=Dh**-0.5)
     assert torch.isfinite(output_bool).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mask_kind", ["none", "additive", "bool"])
+def test_decoding_step_attention_equals_the_formula(dtype, mask_kind):
+    """The single-query path gives what eager_attention_forward gives: outputs, weights and gradients,
+    with keys/values read from the filled part of a larger cache buffer (a non-contiguous view)."""
+    torch.manual_seed(0)
+    B, H, S, Dh = 3, 4, 6, 8
+    buffer = torch.randn(2, B, H, S + 5, Dh).to(dtype)
+    key, value = buffer[0, :, :, :S], buffer[1, :, :, :S]
+    query = torch.randn(B, 1, H, Dh).to(dtype).transpose(1, 2)  # (B, H, 1, Dh) as _split_heads makes it
+    mask = None
+    if mask_kind != "none":
+        mask = build_attention_mask(_padding_mask([6, 2, 4], S), 1, S, dtype)
+        mask = mask == 0 if mask_kind == "bool" else mask
+    tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    inputs = [t.detach().clone().requires_grad_(dtype == torch.float32) for t in (query, key, value)]
+    reference = [t.detach().clone().requires_grad_(dtype == torch.float32) for t in (query, key, value)]
+    output, weights = decoding_step_attention_forward(_module(), *inputs, mask, scaling=Dh**-0.5)
+    expected, expected_weights = eager_attention_forward(_module(), *reference, mask, scaling=Dh**-0.5)
+    assert output.shape == (B, 1, H, Dh) and output.dtype == dtype and output.is_contiguous()
+    assert torch.allclose(output.float(), expected.float(), **tol)
+    assert torch.allclose(weights.float(), expected_weights.float(), **tol)
+    if mask_kind != "none":
+        assert (weights[1, :, 0, 2:] == 0).all()  # sentence 1 has 2 real tokens
+    if dtype == torch.float32:
+        grad = torch.randn_like(output)
+        output.backward(grad)
+        expected.backward(grad)
+        for mine, theirs in zip(inputs, reference):
+            assert torch.allclose(mine.grad, theirs.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_sdpa_model_decodes_single_queries_with_the_decoding_step_path(monkeypatch):
+    """Under sdpa on a CPU a T = 1 step takes decoding_step_attention_forward; longer inputs do not."""
+    import modeling.modeling_attnmt as modeling_attnmt
+
+    calls = []
+
+    def spy(module, query, *args, **kwargs):
+        calls.append(query.shape[2])
+        return decoding_step_attention_forward(module, query, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_attnmt, "decoding_step_attention_forward", spy)
+    model = tiny_model(attn_implementation="sdpa")
+    ids = torch.tensor([[5, 6, 7, 2], [8, 9, 2, 0]])
+    out = model.generate(input_ids=ids, attention_mask=(ids != 0).long(), max_new_tokens=3, min_new_tokens=3,
+                         num_beams=1, do_sample=False)
+    eager = tiny_model(attn_implementation="eager")
+    expected = eager.generate(input_ids=ids, attention_mask=(ids != 0).long(), max_new_tokens=3, min_new_tokens=3,
+                              num_beams=1, do_sample=False)
+    assert torch.equal(out, expected)
+    # 2 decoder layers x (self + cross) attention x 3 steps, all with one query.
+    assert calls == [1] * 12
 
 
 # --------------------------------------------------------------------------------------------------

@@ -329,3 +329,17 @@ def test_generate_uses_the_decoding_cache_layer_and_matches_dynamic_cache(traine
     # The returned cache is in final beam order either way.
     for a, b in zip(ours.cache.self_attention_cache.layers, plain.cache.self_attention_cache.layers):
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_forward_signature_is_computed_once_and_lists_the_arguments():
+    """generate() inspects a remote-code model's forward signature at every step; it is precomputed and must
+    still describe forward (generate also reads it to decide which arguments it may pass)."""
+    import inspect
+
+    from modeling import AttnMTForConditionalGeneration
+
+    model = tiny_model()
+    parameters = list(inspect.signature(model.forward).parameters)
+    assert parameters[:3] == ["input_ids", "attention_mask", "decoder_input_ids"]
+    assert "cache" in parameters and "labels" in parameters and "cache_position" not in parameters
+    assert inspect.signature(AttnMTForConditionalGeneration.forward) is AttnMTForConditionalGeneration.forward.__signature__

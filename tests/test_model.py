@@ -18,8 +18,16 @@ TOL = 1e-5
 @pytest.fixture
 def padded_batch(tokenizer, corpus):
     """Three pairs of clearly different lengths, so sources and labels are both padded."""
-    sources = [corpus["en"][0], "A dog runs.", corpus["en"][3]]
-    targets = [corpus["de"][0], "Ein Hund.", corpus["de"][3]]
+    sources, targets = [corpus["en"][0], "A dog runs."], [corpus["de"][0], "Ein Hund."]
+
+    def lengths(texts):
+        return {len(ids) for ids in tokenizer(texts)["input_ids"]}
+
+    # The first corpus pair whose source and target lengths both differ from the two above.
+    third = next(i for i in range(1, len(corpus["en"]))
+                 if len(lengths(sources + [corpus["en"][i]])) == 3 and len(lengths(targets + [corpus["de"][i]])) == 3)
+    sources.append(corpus["en"][third])
+    targets.append(corpus["de"][third])
     batch = encode_pairs(tokenizer, sources, targets)
     assert (batch["attention_mask"] == 0).any() and (batch["labels"] == -100).any()
     return batch
