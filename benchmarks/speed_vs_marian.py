@@ -26,6 +26,7 @@ Usage (from the repository root; see benchmarks/README.md):
 
 import argparse
 import datetime
+import hashlib
 import gc
 import json
 import os
@@ -109,7 +110,9 @@ def build_tokenizer(args):
     """Train the joint tokenizer on the training split once; later runs load it from the cache."""
     from transformers import AutoTokenizer
 
-    folder = Path(args.cache_dir) / f"tokenizer-multi30k-{args.source_lang}{args.target_lang}-bpe{args.vocab_size}"
+    # Keyed by the tokenizer code too, so a change to mt/tokenizer.py never reuses a stale vocabulary.
+    code = hashlib.sha1((REPO_ROOT / "mt/tokenizer.py").read_bytes()).hexdigest()[:8]
+    folder = Path(args.cache_dir) / f"tokenizer-multi30k-{args.source_lang}{args.target_lang}-bpe{args.vocab_size}-{code}"
     if not (folder / "tokenizer.json").is_file():
         from mt.tokenizer import train_tokenizer
 
