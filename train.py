@@ -42,6 +42,7 @@ from mt.export import export_model
 from mt.model_card import render_model_card
 from mt.scoring import load_metrics, score_translations, translate
 from mt.tokenizer import SPECIAL_TOKEN_IDS, check_tokenizer_matches_config, train_tokenizer
+from mt.training_curves import load_history, plot_training_curves
 
 logger = get_logger(__name__)
 STATE_FILE = "trainer_state.json"
@@ -440,6 +441,10 @@ def finalize(config, state, tokenizer, splits, accelerator, metrics, started: fl
         write_json_atomic(export_dir / "all_results.json", results)
         write_json_atomic(output_dir / "all_results.json", results)
         logger.info(f"exported to {export_dir}")
+        if state["history"]:
+            curves = plot_training_curves([load_history(output_dir / "all_results.json", label=output_dir.name)],
+                                          output_dir / "training_curves.png")
+            logger.info(f"validation curves: {curves}")
         if config.push_to_hub:
             push_to_hub(export_dir, config.hub_model_id)
     accelerator.wait_for_everyone()

@@ -50,6 +50,7 @@ def test_end_to_end_export_and_results(trained_run):
     assert saved["completed_steps"] == 8
     assert saved["validation"]["num_sentences"] == 12 and saved["test"]["num_sentences"] == 12
     assert [h["step"] for h in saved["history"]] == [4, 8]
+    assert (output_dir / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert saved["validation"]["bleu"] == pytest.approx(results["validation"]["bleu"])
     card = (export / "README.md").read_text()
     assert f"{saved['test']['bleu']:.2f}" in card and saved["test"]["bleu_signature"] in card

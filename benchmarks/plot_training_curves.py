@@ -1,0 +1,61 @@
+"""Compare the validation curves of train.py runs, finished or still training, in one picture.
+
+Each argument is a run: a train.py output folder (or its `all_results.json` / a checkpoint's
+`trainer_state.json`), optionally labelled as `LABEL=PATH`.
+
+    python benchmarks/plot_training_curves.py outputs/multi30k_en_de "12k updates=outputs/run7" -o curves.png
+    python benchmarks/plot_training_curves.py --results   # the recorded runs of benchmarks/results/ (RESULTS.md)
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from mt.training_curves import load_history, plot_training_curves  # noqa: E402
+
+# The Multi30k en->de runs recorded in RESULTS.md, in order, and the picture RESULTS.md shows.
+RECORDED_RUNS = {
+    "run 1: Wu et al. recipe, inverse-sqrt": "benchmarks/results/multi30k_en_de_wu_recipe.json",
+    "run 3: + cosine decay": "benchmarks/results/multi30k_en_de_run3_cosine.json",
+    "run 4: + punctuation split (preset)": "benchmarks/results/multi30k_en_de_run4_punct.json",
+}
+RECORDED_PLOT = "docs/multi30k_validation_curves.png"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="*", metavar="[LABEL=]PATH", help="train.py output folders or history JSON files.")
+    parser.add_argument("-o", "--output", default=None, help="PNG to write (default: training_curves.png; "
+                        f"with --results: {RECORDED_PLOT}).")
+    parser.add_argument("--title", default=None)
+    parser.add_argument("--results", action="store_true", help="Plot the runs recorded in benchmarks/results/.")
+    args = parser.parse_args(argv)
+    if not args.runs and not args.results:
+        parser.error("give at least one run folder, or --results")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    runs = []
+    if args.results:
+        runs += [load_history(REPO_ROOT / path, label) for label, path in RECORDED_RUNS.items()]
+    for spec in args.runs:
+        label, _, path = spec.rpartition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
+        runs.append(load_history(path, label or None))
+    output = args.output or (str(REPO_ROOT / RECORDED_PLOT) if args.results else "training_curves.png")
+    title = args.title or ("Multi30k en→de runs of benchmarks/RESULTS.md" if args.results else None)
+    path = plot_training_curves(runs, output, title=title)
+    for run in runs:
+        step, bleu = run.best
+        print(f"{run.label}: {len(run.steps)} validations, best BLEU {bleu:.2f} at update {step}"
+              + ("" if run.finished else " (still training)"))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Validation curves of one or more training runs: BLEU and loss against the update number.
+
+`train.py` records every validation in a run's history (`all_results.json` at the end, each checkpoint's
+`trainer_state.json` while it runs) and draws `training_curves.png` into its output folder when it
+finishes. To compare runs, finished or still training:
+
+    python benchmarks/plot_training_curves.py outputs/run_a "longer schedule=outputs/run_b" -o curves.png
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+RESULTS_FILE = "all_results.json"  # written by train.py when a run finishes
+STATE_FILE = "trainer_state.json"  # written into each checkpoint by train.py
+
+
+@dataclass
+class RunHistory:
+    """The validations of one run, in update order."""
+
+    label: str
+    steps: list[int]
+    bleu: list[float]
+    loss: list[float]
+    finished: bool
+
+    @property
+    def best(self) -> tuple[int, float]:
+        """(update, BLEU) of the best validation; the earliest one on a tie, as train.py selects."""
+        index = max(range(len(self.bleu)), key=lambda i: (self.bleu[i], -i))
+        return self.steps[index], self.bleu[index]
+
+
+def _history_file(path: Path) -> Path:
+    """The JSON holding a run's history: the file itself, the run folder's (or its export's) results, or,
+    for a run still training, the newest checkpoint's state."""
+    if path.is_file():
+        return path
+    for candidate in (path / RESULTS_FILE, path / "model" / RESULTS_FILE):
+        if candidate.is_file():
+            return candidate
+    states = sorted((path / "checkpoints").glob(f"step_*/{STATE_FILE}")) if path.is_dir() else []
+    if states:
+        return states[-1]
+    raise FileNotFoundError(
+        f"No training history at {path}: expected a train.py output folder (with {RESULTS_FILE} or "
+        f"checkpoints/step_*/{STATE_FILE}) or one of those JSON files."
+    )
+
+
+def load_history(path: str | Path, label: str | None = None) -> RunHistory:
+    """Read the validation history of a train.py run (folder, `all_results.json` or `trainer_state.json`)."""
+    path = Path(path)
+    file = _history_file(path)
+    try:
+        data = json.loads(file.read_text())
+        history = data["history"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{file} holds no 'history' list of validations (is it a train.py file?): {error}") from None
+    if not history:
+        raise ValueError(f"{file} records no validation yet: train past the first eval_steps, or lower --eval_steps.")
+    history = sorted(history, key=lambda record: record["step"])
+    name = label or (path.name if path.is_dir() else path.parent.name)
+    return RunHistory(
+        label=name,
+        steps=[record["step"] for record in history],
+        bleu=[record["bleu"] for record in history],
+        loss=[record["loss"] for record in history],
+        finished="validation" in data,  # the final scores are written only when training has ended
+    )
+
+
+def plot_training_curves(runs: list[RunHistory], output: str | Path, title: str | None = None) -> Path:
+    """Validation BLEU (left) and validation loss (right) of each run against the update; the best BLEU of
+    each run is marked. A run still training is drawn dashed. Returns the PNG's path."""
+    if not runs:
+        raise ValueError("No run to plot.")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure, (bleu_axis, loss_axis) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    for run in runs:
+        style = "-" if run.finished else "--"
+        best_step, best_bleu = run.best
+        suffix = "" if run.finished else ", running"
+        (line,) = bleu_axis.plot(run.steps, run.bleu, style, marker=".",
+                                 label=f"{run.label} (best {best_bleu:.2f} @ {best_step}{suffix})")
+        bleu_axis.plot([best_step], [best_bleu], "o", markersize=9, markerfacecolor="none", color=line.get_color())
+        loss_axis.plot(run.steps, run.loss, style, marker=".", color=line.get_color(), label=run.label)
+    # Early validations are far below the rest; start the BLEU axis where the curves get interesting.
+    top = max(max(run.bleu) for run in runs)
+    bleu_axis.set_ylim(bottom=max(0.0, min(min(run.bleu[len(run.bleu) // 4:]) for run in runs) - 2.0), top=top + 1.0)
+    bleu_axis.set(xlabel="update", ylabel="validation BLEU (cased, sacreBLEU)", title="validation BLEU")
+    loss_axis.set(xlabel="update", ylabel="validation loss (label-smoothed cross-entropy)", title="validation loss")
+    for axis in (bleu_axis, loss_axis):
+        axis.grid(True, alpha=0.3)
+    bleu_axis.legend(fontsize=8, loc="lower right")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(output)
+    plt.close(figure)
+    return output
+
+
+__all__ = ["RunHistory", "load_history", "plot_training_curves"]
