@@ -432,10 +432,51 @@ class AttnMTFeedForward(nn.Module):
         self.activation = ACT2FN[config.activation_function]
         self.activation_dropout = config.activation_dropout
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, token_index: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        Args:
+            hidden_states: (B, L, D).
+            token_index: flat indices into the B·L positions whose output can matter (see
+                `positions_that_matter`), or None for all. The block acts on each position alone, so it runs on
+                those rows only and the others get 0: in a training batch a quarter of the positions is padding.
+
+        Returns:
+            (B, L, D).
+        """
+        if token_index is None:
+            return self._position_wise(hidden_states)
+        rows = hidden_states.reshape(-1, hidden_states.shape[-1])  # (B·L, D)
+        output = rows.new_zeros(rows.shape).index_copy(0, token_index, self._position_wise(rows.index_select(0, token_index)))
+        return output.view(hidden_states.shape)
+
+    def _position_wise(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = self.activation(self.fc1(hidden_states))
         hidden_states = F.dropout(hidden_states, p=self.activation_dropout, training=self.training)
         return self.fc2(hidden_states)
+
+
+def positions_that_matter(mask: torch.Tensor | None, causal: bool) -> torch.Tensor | None:
+    """Flat indices of the positions whose hidden states can reach a result, for `AttnMTFeedForward`.
+
+    Args:
+        mask: (B, L), True (or 1) for the positions that are used: real source tokens (encoder), or labelled
+            target positions (decoder, training loss).
+        causal: decoder. A position's hidden state also reaches every later position through causal
+            self-attention, so everything up to the last used position of a row is kept (exact for padding
+            on either side). In the encoder, a padded position is masked out of every attention, so only the
+            real tokens are kept.
+
+    Returns:
+        A 1-D index tensor, or None when every position is kept (nothing to skip).
+    """
+    if mask is None:
+        return None
+    keep = mask.bool()
+    if causal:
+        keep = keep.flip(1).cummax(dim=1).values.flip(1)  # True up to the last used position of each row
+    if bool(keep.all()):
+        return None
+    return keep.flatten().nonzero().squeeze(1)
 
 
 class AttnMTEncoderLayer(GradientCheckpointingLayer):
@@ -452,7 +493,7 @@ class AttnMTEncoderLayer(GradientCheckpointingLayer):
         self.final_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, token_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         residual = hidden_states
         if self.normalize_before:
@@ -465,7 +506,7 @@ class AttnMTEncoderLayer(GradientCheckpointingLayer):
         residual = hidden_states
         if self.normalize_before:
             hidden_states = self.final_layer_norm(hidden_states)
-        hidden_states = self.ffn(hidden_states)
+        hidden_states = self.ffn(hidden_states, token_index)
         hidden_states = residual + F.dropout(hidden_states, p=self.dropout, training=self.training)
         if not self.normalize_before:
             hidden_states = self.final_layer_norm(hidden_states)
@@ -504,6 +545,7 @@ class AttnMTDecoderLayer(GradientCheckpointingLayer):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None,
         cache: EncoderDecoderCache | None = None,
+        token_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         hidden_states, self_weights = self._sublayer(
             self.self_attn_layer_norm,
@@ -520,7 +562,7 @@ class AttnMTDecoderLayer(GradientCheckpointingLayer):
             ),
             hidden_states,
         )
-        hidden_states, _ = self._sublayer(self.final_layer_norm, lambda x: (self.ffn(x), None), hidden_states)
+        hidden_states, _ = self._sublayer(self.final_layer_norm, lambda x: (self.ffn(x, token_index), None), hidden_states)
         return hidden_states, self_weights, cross_weights
 
 
@@ -596,12 +638,15 @@ class AttnMTEncoder(nn.Module):
         hidden_states = F.dropout(hidden_states, p=self.config.dropout, training=self.training)
 
         mask = build_attention_mask(attention_mask, S, S, hidden_states.dtype)  # (B, 1, 1, S) or None
+        # Training: the feed-forward blocks skip padded positions (masked out of every attention, so their
+        # values reach nothing; outside training the encoder computes every position, as the formula does).
+        token_index = positions_that_matter(attention_mask, causal=False) if self.training else None
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-            hidden_states, weights = layer(hidden_states, mask)
+            hidden_states, weights = layer(hidden_states, mask, token_index)
             if output_attentions:
                 all_attentions += (weights,)
         if self.layer_norm is not None:
@@ -637,6 +682,7 @@ class AttnMTDecoder(nn.Module):
         cache: EncoderDecoderCache | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        labels_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple | None, tuple | None, tuple | None]:
         """
         Args:
@@ -646,6 +692,8 @@ class AttnMTDecoder(nn.Module):
                 causality already hides later positions).
             encoder_attention_mask: (B, S) source padding mask.
             cache: cache of earlier steps; P = its length.
+            labels_mask: (B, T), True at the positions whose output the training loss scores. In training mode
+                the feed-forward blocks skip the positions after the last one of each row (right padding).
 
         Returns:
             hidden states (B, T, D), all hidden states, self-attention weights, cross-attention weights.
@@ -670,6 +718,7 @@ class AttnMTDecoder(nn.Module):
         else:
             self_attention_mask = build_attention_mask(attention_mask, T, past_length + T, dtype, causal=True)
         cross_attention_mask = build_attention_mask(encoder_attention_mask, T, S, dtype)  # (B, 1, 1, S) or None
+        token_index = positions_that_matter(labels_mask, causal=True) if self.training else None
 
         all_hidden_states = () if output_hidden_states else None
         all_self_attentions = () if output_attentions else None
@@ -683,6 +732,7 @@ class AttnMTDecoder(nn.Module):
                 encoder_hidden_states,
                 cross_attention_mask,
                 cache=cache,
+                token_index=token_index,
             )
             if output_attentions:
                 all_self_attentions += (self_weights,)
@@ -739,7 +789,13 @@ class AttnMTModel(AttnMTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        labels_mask: torch.Tensor | None = None,
     ) -> Seq2SeqModelOutput | tuple:
+        """
+        Args:
+            labels_mask: (B, T), True at the target positions a training loss scores (given by
+                `AttnMTForConditionalGeneration`); lets the decoder skip the padding after them in training mode.
+        """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -788,6 +844,7 @@ class AttnMTModel(AttnMTPreTrainedModel):
             cache=cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            labels_mask=labels_mask,
         )
         output = Seq2SeqModelOutput(
             last_hidden_state=decoder_hidden,
@@ -968,6 +1025,8 @@ class AttnMTForConditionalGeneration(AttnMTPreTrainedModel, GenerationMixin):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            # Training: the decoder's feed-forward blocks skip the padding after the last labelled position.
+            labels_mask=labels != -100 if labels is not None and self.training else None,
         )
         hidden_states = outputs.last_hidden_state  # (B, T, D)
         loss, logits = None, None

@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from modeling import AttnMTConfig, AttnMTForConditionalGeneration
-from modeling.modeling_attnmt import cross_entropy
+from modeling.modeling_attnmt import cross_entropy, positions_that_matter
 from mt.tokenizer import check_tokenizer_matches_config
 
 from conftest import TOKENIZER_VOCAB_SIZE, encode_pairs, tiny_config, tiny_model
@@ -374,6 +374,53 @@ def test_training_loss_skips_padding_in_the_lm_head_with_identical_loss_and_grad
                                 label_smoothing=0.1)
     reference.backward()
     assert abs(out.loss.item() - reference.item()) <= TOL and abs(full.loss.item() - reference.item()) <= TOL
+    for name, grad in fast.items():
+        assert (grad - model.get_parameter(name).grad).abs().max() <= TOL, name
+
+
+def test_positions_that_matter():
+    mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 1, 1]])
+    # Encoder: exactly the real tokens. Decoder (causal): everything up to each row's last used position.
+    assert positions_that_matter(mask, causal=False).tolist() == [0, 1, 5, 6, 8, 10, 11]
+    assert positions_that_matter(mask, causal=True).tolist() == [0, 1, 4, 5, 6, 8, 9, 10, 11]
+    assert positions_that_matter(torch.ones(2, 3), causal=True) is None  # nothing to skip
+    assert positions_that_matter(None, causal=False) is None
+
+
+@pytest.mark.parametrize("left_padded_labels", [False, True])
+@pytest.mark.parametrize("normalize_before", [True, False])
+def test_training_skips_padding_in_the_feed_forward_with_identical_loss_and_gradients(
+    padded_batch, left_padded_labels, normalize_before
+):
+    """In training mode the feed-forward blocks run on the positions that can reach the loss only (real source
+    tokens; target positions up to the last labelled one), and loss and gradients equal the full computation's."""
+    batch = dict(padded_batch)
+    if left_padded_labels:  # the skip must stay exact when a row's unlabelled positions come first
+        labels = batch["labels"].clone()
+        labels[0, :2] = -100
+        batch["labels"] = labels
+    model = tiny_model(label_smoothing=0.1, normalize_before=normalize_before)
+    rows = {"encoder": [], "decoder": []}
+    for side in rows:
+        for layer in getattr(model.model, side).layers:
+            layer.ffn.fc1.register_forward_hook(lambda module, args, output, side=side: rows[side].append(args[0].numel() // args[0].shape[-1]))
+
+    model.train()
+    loss = model(**batch).loss
+    loss.backward()
+    fast = {name: param.grad.clone() for name, param in model.named_parameters()}
+    labelled = batch["labels"] != -100
+    kept_targets = sum(int(row.nonzero().max()) + 1 for row in labelled)  # right padding after the last label
+    assert rows["encoder"] == [int(batch["attention_mask"].sum())] * 2
+    assert rows["decoder"] == [kept_targets] * 2 and kept_targets < labelled.numel()
+
+    rows = {"encoder": [], "decoder": []}
+    model.zero_grad()
+    model.eval()
+    reference = model(**batch).loss
+    reference.backward()
+    assert rows["encoder"][0] == batch["input_ids"].numel()  # eval mode: every position, as the formula
+    assert abs(loss.item() - reference.item()) <= TOL
     for name, grad in fast.items():
         assert (grad - model.get_parameter(name).grad).abs().max() <= TOL, name
 
