@@ -36,6 +36,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSe
 import modeling  # noqa: F401  (registers AttnMT with the Auto classes)
 from modeling import AttnMTConfig, AttnMTForConditionalGeneration
 from mt.batching import LengthGroupedBatchSampler
+from mt.bpe_dropout import BPEDropoutTrainSet
 from mt.config import TrainingConfig, load_config, load_model_preset
 from mt.data import CorpusSpec, drop_blank_pairs, load_split
 from mt.export import export_model
@@ -123,15 +124,16 @@ def build_model(config: TrainingConfig, tokenizer) -> transformers.PreTrainedMod
 
 
 def tokenize(dataset: datasets.Dataset, tokenizer, config: TrainingConfig, split: str,
-             accelerator: Accelerator) -> datasets.Dataset:
-    """Token ids for source and labels. Training pairs that are too long are dropped and counted
-    (truncating them would teach the model to stop mid-sentence); evaluation sources are truncated."""
+             accelerator: Accelerator, keep_text: bool = False) -> datasets.Dataset:
+    """Token ids for source and labels (plus the "source"/"target" texts with `keep_text`). Training pairs
+    that are too long are dropped and counted (truncating them would teach the model to stop mid-sentence)."""
     def encode(batch):
         encoded = tokenizer(batch["source"], text_target=batch["target"])
         return {"input_ids": encoded["input_ids"], "labels": encoded["labels"]}
 
     with accelerator.main_process_first():
-        encoded = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc=f"tokenizing {split}")
+        drop = [c for c in dataset.column_names if not (keep_text and c in ("source", "target"))]
+        encoded = dataset.map(encode, batched=True, remove_columns=drop, desc=f"tokenizing {split}")
     if split == "train":
         keep = [len(s) <= config.max_source_length and len(t) <= config.max_target_length
                 for s, t in zip(encoded["input_ids"], encoded["labels"])]
@@ -147,13 +149,20 @@ def tokenize(dataset: datasets.Dataset, tokenizer, config: TrainingConfig, split
 
 def build_dataloaders(config, tokenizer, model, splits, accelerator):
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100, pad_to_multiple_of=8)
-    train = tokenize(splits["train"], tokenizer, config, "train", accelerator)
+    train = tokenize(splits["train"], tokenizer, config, "train", accelerator, keep_text=config.bpe_dropout > 0)
     validation = tokenize(splits["validation"], tokenizer, config, "validation", accelerator)
 
     def lengths(dataset):
         return [len(x) for x in dataset["input_ids"]], [len(x) for x in dataset["labels"]]
 
-    train_sampler = LengthGroupedBatchSampler(*lengths(train), max_sentences=config.per_device_train_batch_size,
+    train_lengths = lengths(train)
+    if config.bpe_dropout > 0:
+        # A new random segmentation per epoch (mt/bpe_dropout.py); this first one serves the first epoch.
+        train = BPEDropoutTrainSet(train["source"], train["target"], train["input_ids"], train["labels"], tokenizer,
+                                   config.bpe_dropout, config.max_source_length, config.max_target_length,
+                                   config.max_tokens_per_batch)
+        train_lengths = train.resegment(accelerator)
+    train_sampler = LengthGroupedBatchSampler(*train_lengths, max_sentences=config.per_device_train_batch_size,
                                               max_tokens=config.max_tokens_per_batch, shuffle=True, seed=config.seed)
     validation_sampler = LengthGroupedBatchSampler(*lengths(validation), max_sentences=config.per_device_eval_batch_size,
                                                    shuffle=False)
@@ -163,7 +172,7 @@ def build_dataloaders(config, tokenizer, model, splits, accelerator):
                               generator=torch.Generator().manual_seed(config.seed))
     validation_loader = DataLoader(validation, batch_sampler=validation_sampler, collate_fn=collator,
                                    generator=torch.Generator().manual_seed(config.seed))
-    return train_loader, validation_loader, train_sampler
+    return train_loader, validation_loader, train_sampler, train
 
 
 def build_optimizer(config: TrainingConfig, model) -> torch.optim.Optimizer:
@@ -278,7 +287,8 @@ def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
-    train_loader, validation_loader, train_sampler = build_dataloaders(config, tokenizer, model, splits, accelerator)
+    train_loader, validation_loader, train_sampler, train_set = build_dataloaders(config, tokenizer, model, splits,
+                                                                                   accelerator)
     optimizer = build_optimizer(config, model)
     updates_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / config.gradient_accumulation_steps)
     max_steps = config.max_train_steps or updates_per_epoch * config.num_train_epochs
@@ -328,7 +338,12 @@ def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
         patience = config.early_stopping_patience
         return patience is not None and state["evaluations_without_improvement"] >= patience
 
-    while state["epoch"] < num_epochs and not stop:
+    first_epoch = True
+    # With max_train_steps the step count decides (BPE-dropout epochs vary by a few batches); otherwise epochs do.
+    while not stop and (config.max_train_steps is not None or state["epoch"] < num_epochs):
+        if isinstance(train_set, BPEDropoutTrainSet) and not first_epoch:
+            train_sampler.set_lengths(*train_set.resegment(accelerator))
+        first_epoch = False
         train_sampler.set_epoch(state["epoch"])
         loader = train_loader
         if state["batches_in_epoch"]:

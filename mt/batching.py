@@ -31,21 +31,25 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         shuffle: bool = True,
         seed: int = 0,
     ):
-        if len(source_lengths) != len(target_lengths):
-            raise ValueError("source_lengths and target_lengths differ in length.")
-        longest = max(s + t for s, t in zip(source_lengths, target_lengths))
-        if max_tokens is not None and longest > max_tokens:
-            raise ValueError(
-                f"max_tokens_per_batch={max_tokens} is smaller than the longest pair ({longest} tokens); raise it "
-                "or lower max_source_length/max_target_length."
-            )
-        self.source_lengths = np.asarray(source_lengths)
-        self.target_lengths = np.asarray(target_lengths)
         self.max_sentences = max_sentences
         self.max_tokens = max_tokens
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self.set_lengths(source_lengths, target_lengths)
+
+    def set_lengths(self, source_lengths: list[int], target_lengths: list[int]) -> None:
+        """New token counts for the same examples (e.g. after a BPE-dropout resegmentation); batches are rebuilt."""
+        if len(source_lengths) != len(target_lengths):
+            raise ValueError("source_lengths and target_lengths differ in length.")
+        longest = max(s + t for s, t in zip(source_lengths, target_lengths))
+        if self.max_tokens is not None and longest > self.max_tokens:
+            raise ValueError(
+                f"max_tokens_per_batch={self.max_tokens} is smaller than the longest pair ({longest} tokens); raise it "
+                "or lower max_source_length/max_target_length."
+            )
+        self.source_lengths = np.asarray(source_lengths)
+        self.target_lengths = np.asarray(target_lengths)
         self._cache: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:

@@ -33,6 +33,7 @@ class TrainingConfig:
     model_name_or_path: str | None = field(default=None, metadata={"help": "Fine-tune this seq2seq checkpoint (local folder or Hub id) and keep its tokenizer."})
     tokenizer_type: str = field(default="bpe", metadata={"help": "Subword model trained from scratch: bpe or unigram."})
     vocab_size: int = field(default=8000, metadata={"help": "Joint vocabulary size when training the tokenizer."})
+    bpe_dropout: float = field(default=0.0, metadata={"help": "BPE-dropout on the training pairs: each merge is skipped with this probability, a new segmentation every epoch (0 = off)."})
     # --- data ----------------------------------------------------------------------------------
     dataset_name: str | None = field(default=None, metadata={"help": "Hub id or local dataset folder (datasets.load_dataset)."})
     dataset_config_name: str | None = None
@@ -119,6 +120,10 @@ class TrainingConfig:
             fail("num_warmup_steps must be >= 0, num_train_epochs > 0 and keep_last_checkpoints >= 1.")
         if self.lr_scheduler_type == "inverse_sqrt" and self.num_warmup_steps == 0:
             fail("lr_scheduler_type=inverse_sqrt needs num_warmup_steps > 0 (it is the schedule's time scale).")
+        if not 0.0 <= self.bpe_dropout < 1.0:
+            fail(f"bpe_dropout must lie in [0, 1), got {self.bpe_dropout}; 0.1 is the usual value.")
+        if self.bpe_dropout > 0 and self.tokenizer_type != "bpe" and self.model_name_or_path is None:
+            fail(f"bpe_dropout needs tokenizer_type: bpe (got {self.tokenizer_type!r}).")
         if not 0.0 <= self.label_smoothing < 1.0:
             fail(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}.")
         if self.checkpointing_steps not in (None, "", "epoch") and not str(self.checkpointing_steps).isdigit():

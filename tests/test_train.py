@@ -312,6 +312,38 @@ def test_overlong_training_pairs_are_filtered_and_counted(tmp_path, caplog):
     assert results["completed_steps"] == 1
 
 
+def test_bpe_dropout_resegments_every_epoch_and_resumes(tmp_path, monkeypatch):
+    """40 pairs in batches of 16 are 3 batches per epoch: 8 updates span 3 epochs, each with its own
+    segmentation; a run stopped at update 4 resumes (with a fresh draw for its epoch) and ends at 8. The
+    exported tokenizer has no dropout."""
+    draws = []
+    real_resegment = train.BPEDropoutTrainSet.resegment
+
+    def resegment(self, accelerator=None):
+        draws.append(sum(real_resegment(self, accelerator)[0]))
+        return self.lengths()
+
+    monkeypatch.setattr(train.BPEDropoutTrainSet, "resegment", resegment)
+    output_dir = tmp_path / "bpe_dropout"
+    flags = TINY + ["--output_dir", str(output_dir), "--bpe_dropout", "0.1", "--max_train_samples", "40",
+                    "--test_split", ""]
+    results = train.main(flags)
+    assert results["completed_steps"] == 8 and len(draws) == 3 and len(set(draws)) > 1, draws
+    exported = json.loads((output_dir / "model" / "tokenizer.json").read_text())
+    assert exported["model"]["type"] == "BPE" and exported["model"]["dropout"] is None
+
+    resumed = tmp_path / "bpe_dropout_resumed"
+    flags[flags.index(str(output_dir))] = str(resumed)
+    train.main(flags + ["--max_train_steps", "4"])
+    results = train.main(flags + ["--resume_from_checkpoint", "latest"])
+    assert results["completed_steps"] == 8 and [h["step"] for h in results["history"]] == [4, 8]
+
+    with pytest.raises(ValueError, match="bpe_dropout needs tokenizer_type: bpe"):
+        load_config(TINY + ["--bpe_dropout", "0.1", "--tokenizer_type", "unigram"])
+    with pytest.raises(ValueError, match=r"bpe_dropout must lie in \[0, 1\)"):
+        load_config(TINY + ["--bpe_dropout", "1.5"])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Model selection, early stopping, averaging, tracking, datasets folders, bf16
 # ---------------------------------------------------------------------------------------------------
