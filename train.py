@@ -43,10 +43,9 @@ from mt.export import export_model
 from mt.model_card import render_model_card
 from mt.scoring import load_metrics, score_translations, translate
 from mt.tokenizer import SPECIAL_TOKEN_IDS, check_tokenizer_matches_config, train_tokenizer
-from mt.training_curves import load_history, plot_training_curves
+from mt.training_curves import STATE_FILE, load_history, plot_training_curves
 
 logger = get_logger(__name__)
-STATE_FILE = "trainer_state.json"
 
 
 # --------------------------------------------------------------------------------------------------

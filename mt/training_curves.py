@@ -8,6 +8,7 @@ finishes. To compare runs, finished or still training:
 """
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 RESULTS_FILE = "all_results.json"  # written by train.py when a run finishes
-STATE_FILE = "trainer_state.json"  # written into each checkpoint by train.py
+STATE_FILE = "trainer_state.json"  # the training state in each checkpoint; train.py writes it under this name
 
 
 @dataclass
@@ -103,8 +104,11 @@ def plot_training_curves(runs: list[RunHistory], output: str | Path, title: str 
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(output)
+    # Written beside the target and renamed: an interrupted save never leaves a truncated picture behind.
+    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+    figure.savefig(partial)
     plt.close(figure)
+    os.replace(partial, output)
     return output
 
 

@@ -51,6 +51,7 @@ def test_histories_from_finished_and_running_runs(runs):
 def test_plot_writes_a_png(runs, tmp_path):
     output = plot_training_curves([load_history(path) for path in runs], tmp_path / "sub" / "curves.png")
     assert output.read_bytes()[:8] == PNG_MAGIC and output.stat().st_size > 10_000
+    assert [p.name for p in output.parent.iterdir()] == ["curves.png"]  # the partial file was renamed, not left
 
 
 def test_clear_errors(tmp_path):
