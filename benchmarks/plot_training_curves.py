@@ -23,6 +23,7 @@ RECORDED_RUNS = {
     "run 3: + cosine decay": "benchmarks/results/multi30k_en_de_run3_cosine.json",
     "run 4: + punctuation split (preset)": "benchmarks/results/multi30k_en_de_run4_punct.json",
     "run 7: run 4 for 12,000 updates": "benchmarks/results/multi30k_en_de_run7_12k.json",
+    "run 8: run 4 + BPE-dropout 0.1": "benchmarks/results/multi30k_en_de_run8_bpe_dropout.json",
 }
 RECORDED_PLOT = "docs/multi30k_validation_curves.png"
 
