@@ -36,6 +36,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSe
 import modeling  # noqa: F401  (registers AttnMT with the Auto classes)
 from modeling import AttnMTConfig, AttnMTForConditionalGeneration
 from mt.batching import LengthGroupedBatchSampler
+from mt.bidirectional import BidirectionalTrainSet, check_tokenizer_encodes_both_sides_alike
 from mt.bpe_dropout import BPEDropoutTrainSet
 from mt.config import TrainingConfig, load_config, load_model_preset
 from mt.data import CorpusSpec, drop_blank_pairs, load_split
@@ -161,6 +162,13 @@ def build_dataloaders(config, tokenizer, model, splits, accelerator):
                                    config.bpe_dropout, config.max_source_length, config.max_target_length,
                                    config.max_tokens_per_batch)
         train_lengths = train.resegment(accelerator)
+    if config.bidirectional_epochs > 0:
+        # The first epochs also train target->source on the same pairs (mt/bidirectional.py); the training loop
+        # switches the set to source->target only when they are over.
+        check_tokenizer_encodes_both_sides_alike(tokenizer, splits["train"][:2]["source"] + splits["train"][:2]["target"])
+        train = BidirectionalTrainSet(train["input_ids"], train["labels"], config.max_source_length,
+                                      config.max_target_length, bidirectional=True)
+        train_lengths = train.lengths()
     train_sampler = LengthGroupedBatchSampler(*train_lengths, max_sentences=config.per_device_train_batch_size,
                                               max_tokens=config.max_tokens_per_batch, shuffle=True, seed=config.seed)
     validation_sampler = LengthGroupedBatchSampler(*lengths(validation), max_sentences=config.per_device_eval_batch_size,
@@ -285,13 +293,36 @@ def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------------------
 
 
+def plan_updates(config, train_loader, train_sampler, train_set, num_processes: int) -> tuple[int, int, int, int]:
+    """Updates per epoch (source->target), per bidirectional epoch (0 without bidirectional training), the
+    total number of updates and the number of epochs they span."""
+    def updates(batches: int) -> int:
+        return math.ceil(batches / num_processes / config.gradient_accumulation_steps)
+
+    updates_per_epoch, bidirectional_epochs, bidirectional_updates = updates(len(train_loader)), 0, 0
+    if isinstance(train_set, BidirectionalTrainSet):
+        # The set starts in both directions; count those epochs, then leave it source->target only until the
+        # training loop switches it at the start of each epoch.
+        bidirectional_epochs, bidirectional_updates = config.bidirectional_epochs, updates_per_epoch
+        train_sampler.set_lengths(*train_set.set_bidirectional(False))
+        updates_per_epoch = updates(len(train_sampler))
+    bidirectional_steps = bidirectional_updates * min(bidirectional_epochs, config.num_train_epochs)
+    max_steps = config.max_train_steps or (
+        bidirectional_steps + updates_per_epoch * max(0, config.num_train_epochs - bidirectional_epochs))
+    if max_steps <= bidirectional_steps:
+        num_epochs = math.ceil(max_steps / bidirectional_updates)
+    else:
+        num_epochs = min(bidirectional_epochs, config.num_train_epochs) + math.ceil(
+            (max_steps - bidirectional_steps) / updates_per_epoch)
+    return updates_per_epoch, bidirectional_updates, max_steps, num_epochs
+
+
 def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
     train_loader, validation_loader, train_sampler, train_set = build_dataloaders(config, tokenizer, model, splits,
                                                                                    accelerator)
     optimizer = build_optimizer(config, model)
-    updates_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / config.gradient_accumulation_steps)
-    max_steps = config.max_train_steps or updates_per_epoch * config.num_train_epochs
-    num_epochs = math.ceil(max_steps / updates_per_epoch)
+    updates_per_epoch, bidirectional_updates, max_steps, num_epochs = plan_updates(
+        config, train_loader, train_sampler, train_set, accelerator.num_processes)
     scheduler = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=config.num_warmup_steps,
                               num_training_steps=max_steps)
     model, optimizer, train_loader, validation_loader = accelerator.prepare(model, optimizer, train_loader,
@@ -308,8 +339,10 @@ def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
         logger.info(f"resumed from {resume} at step {state['completed_steps']} (epoch {state['epoch']})")
 
     every = int(config.checkpointing_steps) if str(config.checkpointing_steps).isdigit() else None
+    both_directions = (f" (the first {config.bidirectional_epochs} in both directions: {bidirectional_updates} updates "
+                       "each)" if bidirectional_updates else "")
     logger.info(f"{len(splits['train'])} training pairs, {len(train_loader)} batches/epoch/process, "
-                f"{updates_per_epoch} updates/epoch, {max_steps} updates over {num_epochs} epochs, "
+                f"{updates_per_epoch} updates/epoch, {max_steps} updates over {num_epochs} epochs{both_directions}, "
                 f"{accelerator.num_processes} process(es) on {accelerator.device}")
     progress = tqdm(total=max_steps, initial=state["completed_steps"], desc="training",
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
@@ -318,7 +351,12 @@ def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
     session_start, seconds_before = time.perf_counter(), state["train_seconds"]
 
     def run_validation():
-        results = evaluate(model, tokenizer, splits["validation"], config, accelerator, metrics, validation_loader)
+        # Validation leaves the training's random stream as it found it (generation's data loader draws a seed
+        # from it): the trained weights do not depend on how often, or whether, a run validated before a
+        # checkpoint, and a run stopped between two validations resumes exactly.
+        cuda = [accelerator.device] if accelerator.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            results = evaluate(model, tokenizer, splits["validation"], config, accelerator, metrics, validation_loader)
         improved = results["bleu"] > state["best_bleu"]
         record = {"step": state["completed_steps"], "loss": results["loss"], "bleu": results["bleu"],
                   "bleu_lowercase": results["bleu_lowercase"], "chrf": results["chrf"]}
@@ -343,7 +381,16 @@ def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
         if isinstance(train_set, BPEDropoutTrainSet) and not first_epoch:
             train_sampler.set_lengths(*train_set.resegment(accelerator))
         first_epoch = False
+        if isinstance(train_set, BidirectionalTrainSet):
+            both_directions = state["epoch"] < config.bidirectional_epochs
+            if both_directions != train_set.bidirectional:
+                train_sampler.set_lengths(*train_set.set_bidirectional(both_directions))
+            logger.info(f"epoch {state['epoch'] + 1}: " + ("both directions" if both_directions else
+                        f"{config.source_lang}->{config.target_lang} only") + f", {len(train_sampler)} batches")
         train_sampler.set_epoch(state["epoch"])
+        # accelerate's loader also sets its sampler's epoch, to the number of times it has been iterated, which a
+        # resumed run counts from 0: give it the run's epoch, or a resumed run would replay another epoch's batches.
+        train_loader.set_epoch(state["epoch"])
         loader = train_loader
         if state["batches_in_epoch"]:
             loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])

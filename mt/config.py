@@ -34,6 +34,7 @@ class TrainingConfig:
     tokenizer_type: str = field(default="bpe", metadata={"help": "Subword model trained from scratch: bpe or unigram."})
     vocab_size: int = field(default=8000, metadata={"help": "Joint vocabulary size when training the tokenizer."})
     bpe_dropout: float = field(default=0.0, metadata={"help": "BPE-dropout on the training pairs: each merge is skipped with this probability, a new segmentation every epoch (0 = off)."})
+    bidirectional_epochs: int = field(default=0, metadata={"help": "Train the first N epochs on the pairs in both directions (source->target and target->source, one joint vocabulary), then source->target only (0 = off)."})
     # --- data ----------------------------------------------------------------------------------
     dataset_name: str | None = field(default=None, metadata={"help": "Hub id or local dataset folder (datasets.load_dataset)."})
     dataset_config_name: str | None = None
@@ -124,6 +125,10 @@ class TrainingConfig:
             fail(f"bpe_dropout must lie in [0, 1), got {self.bpe_dropout}; 0.1 is the usual value.")
         if self.bpe_dropout > 0 and self.tokenizer_type != "bpe" and self.model_name_or_path is None:
             fail(f"bpe_dropout needs tokenizer_type: bpe (got {self.tokenizer_type!r}).")
+        if self.bidirectional_epochs < 0:
+            fail(f"bidirectional_epochs must be >= 0, got {self.bidirectional_epochs}.")
+        if self.bidirectional_epochs > 0 and self.bpe_dropout > 0:
+            fail("bidirectional_epochs and bpe_dropout cannot be combined yet; set one of them to 0.")
         if not 0.0 <= self.label_smoothing < 1.0:
             fail(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}.")
         if self.checkpointing_steps not in (None, "", "epoch") and not str(self.checkpointing_steps).isdigit():

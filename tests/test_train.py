@@ -126,6 +126,24 @@ def test_resume_reaches_the_same_weights(trained_run, tmp_path):
     assert history[-1]["loss"] == pytest.approx(reference[-1]["loss"], abs=1e-6)
 
 
+def test_resume_after_an_epoch_boundary_and_between_validations_is_exact(trained_run, tmp_path):
+    """40 pairs in batches of 16 are 3 batches per epoch. A run stopped at update 5 (epoch 2, not a validation
+    step: the stopped run validates once more before its last checkpoint) resumes to the uninterrupted weights,
+    and validating twice as often leaves the weights unchanged: validation never draws from the training's
+    random stream, and accelerate's loader is told the run's epoch rather than its own iteration count."""
+    flags = TINY + ["--max_train_samples", "40", "--test_split", ""]
+    reference, resumed, validated_more = (tmp_path / name for name in ("reference", "resumed", "validated_more"))
+    train.main(flags + ["--output_dir", str(reference)])
+    train.main(flags + ["--output_dir", str(resumed), "--max_train_steps", "5"])
+    train.main(flags + ["--output_dir", str(resumed), "--resume_from_checkpoint", "latest"])
+    train.main(flags + ["--output_dir", str(validated_more), "--eval_steps", "2"])
+    expected = load_file(str(reference / "checkpoints" / "step_0000008" / "model.safetensors"))
+    for run in (resumed, validated_more):
+        weights = load_file(str(run / "checkpoints" / "step_0000008" / "model.safetensors"))
+        for name in expected:
+            torch.testing.assert_close(weights[name], expected[name], rtol=0, atol=0, msg=f"{run.name}: {name}")
+
+
 def _write_jsonl(path: Path, split: str, count: int, nested: bool):
     english = [line.strip() for line in gzip.open(MULTI30K / f"{split}.en.gz", "rt")][:count]
     french = [line.strip() for line in gzip.open(MULTI30K / f"{split}.fr.gz", "rt")][:count]
@@ -342,6 +360,45 @@ def test_bpe_dropout_resegments_every_epoch_and_resumes(tmp_path, monkeypatch):
         load_config(TINY + ["--bpe_dropout", "0.1", "--tokenizer_type", "unigram"])
     with pytest.raises(ValueError, match=r"bpe_dropout must lie in \[0, 1\)"):
         load_config(TINY + ["--bpe_dropout", "1.5"])
+
+
+def test_bidirectional_epochs_then_one_direction_and_exact_resume(tmp_path, monkeypatch, caplog):
+    """40 pairs in batches of 16: a bidirectional epoch is 5 batches (80 examples), a forward one 3. With one
+    bidirectional epoch, 8 updates are 5 + 3 and every reversed pair is served exactly once. A run stopped in the
+    forward epoch (update 6) resumes in forward mode and ends with the uninterrupted run's weights."""
+    served_reversed = []
+    real_getitem = train.BidirectionalTrainSet.__getitem__
+
+    def getitem(self, index):
+        if index >= len(self.input_ids):
+            served_reversed.append(index)
+        return real_getitem(self, index)
+
+    monkeypatch.setattr(train.BidirectionalTrainSet, "__getitem__", getitem)
+    flags = TINY + ["--bidirectional_epochs", "1", "--max_train_samples", "40", "--test_split", "",
+                    "--lr_scheduler_type", "constant_with_warmup"]
+    output_dir = tmp_path / "bidirectional"
+    with caplog.at_level("INFO"):
+        results = train.main(flags + ["--output_dir", str(output_dir)])
+    assert results["completed_steps"] == 8
+    assert sorted(served_reversed) == list(range(40, 80)), served_reversed
+    assert "epoch 1: both directions, 5 batches" in caplog.text and "epoch 2: en->de only, 3 batches" in caplog.text
+    assert "8 updates over 2 epochs (the first 1 in both directions: 5 updates each)" in caplog.text
+
+    resumed = tmp_path / "bidirectional_resumed"
+    train.main(flags + ["--output_dir", str(resumed), "--max_train_steps", "6"])
+    served_reversed.clear()
+    train.main(flags + ["--output_dir", str(resumed), "--resume_from_checkpoint", "latest"])
+    assert served_reversed == []  # the resumed part lies in the forward epoch
+    uninterrupted = load_file(str(output_dir / "checkpoints" / "step_0000008" / "model.safetensors"))
+    again = load_file(str(resumed / "checkpoints" / "step_0000008" / "model.safetensors"))
+    for name in uninterrupted:
+        torch.testing.assert_close(again[name], uninterrupted[name], rtol=0, atol=0, msg=name)
+
+    with pytest.raises(ValueError, match="bidirectional_epochs and bpe_dropout cannot be combined"):
+        load_config(TINY + ["--bidirectional_epochs", "2", "--bpe_dropout", "0.1"])
+    with pytest.raises(ValueError, match="bidirectional_epochs must be >= 0"):
+        load_config(TINY + ["--bidirectional_epochs", "-1"])
 
 
 # ---------------------------------------------------------------------------------------------------

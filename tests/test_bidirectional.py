@@ -1,0 +1,84 @@
+"""Bidirectional training: the reversed pairs are the forward pairs' ids swapped, within the length limits, and
+only a tokenizer that encodes both sides alike is accepted."""
+
+import pytest
+
+from conftest import read_lines
+from mt.batching import LengthGroupedBatchSampler
+from mt.bidirectional import BidirectionalTrainSet, check_tokenizer_encodes_both_sides_alike
+from mt.tokenizer import train_tokenizer
+
+PAIRS = 300
+
+
+@pytest.fixture(scope="module")
+def pairs() -> tuple[list[str], list[str]]:
+    return read_lines("train", "en", PAIRS), read_lines("train", "de", PAIRS)
+
+
+@pytest.fixture(scope="module")
+def joint(pairs):
+    sources, targets = pairs
+    return train_tokenizer(sources + targets, vocab_size=1200, model="bpe")
+
+
+def test_reversed_pairs_are_the_other_direction_of_the_same_sentences(joint, pairs):
+    sources, targets = pairs
+    encoded = joint(sources, text_target=targets)
+    data = BidirectionalTrainSet(encoded["input_ids"], encoded["labels"], 128, 128, bidirectional=True)
+    assert len(data) == 2 * PAIRS
+    for i in (0, 7, PAIRS - 1):
+        assert data[i] == {"input_ids": encoded["input_ids"][i], "labels": encoded["labels"][i]}
+        reversed_pair = data[PAIRS + i]
+        # The German sentence is now the source and the English one the label, each encoded as the tokenizer
+        # would encode it on that side.
+        assert reversed_pair["input_ids"] == joint(targets[i])["input_ids"]
+        assert reversed_pair["labels"] == joint(text_target=sources[i])["input_ids"]
+        assert joint.decode(reversed_pair["input_ids"], skip_special_tokens=True) == targets[i]
+
+    source_lengths, target_lengths = data.lengths()
+    assert source_lengths[PAIRS:] == target_lengths[:PAIRS] and target_lengths[PAIRS:] == source_lengths[:PAIRS]
+
+    forward_lengths = data.set_bidirectional(False)
+    assert len(data) == PAIRS and forward_lengths == (source_lengths[:PAIRS], target_lengths[:PAIRS])
+    with pytest.raises(IndexError, match="forward-only"):
+        data[PAIRS]
+    assert data.set_bidirectional(True) == (source_lengths, target_lengths) and len(data) == 2 * PAIRS
+
+
+def test_reversed_pairs_respect_the_length_limits(joint, pairs, caplog):
+    """With a tighter source limit, a pair whose German side is too long for the source trains forward only."""
+    sources, targets = pairs
+    encoded = joint(sources, text_target=targets)
+    max_source = max(len(x) for x in encoded["input_ids"])  # every forward pair fits
+    max_target = max(len(x) for x in encoded["labels"])
+    too_long = [i for i, labels in enumerate(encoded["labels"]) if len(labels) > max_source]
+    assert too_long, "the test needs German sides longer than the longest English one"
+    with caplog.at_level("WARNING"):
+        data = BidirectionalTrainSet(encoded["input_ids"], encoded["labels"], max_source, max_target)
+    assert len(data) == 2 * PAIRS - len(too_long)
+    assert f"{len(too_long)} of {PAIRS} pairs are too long to be used reversed" in caplog.text
+    source_lengths, target_lengths = data.lengths()
+    assert max(source_lengths) <= max_source and max(target_lengths) <= max_target
+    served = {tuple(data[i]["labels"]) for i in range(PAIRS, len(data))}
+    assert not served & {tuple(encoded["input_ids"][i]) for i in too_long}
+
+    # The sampler batches whatever mode the set is in.
+    sampler = LengthGroupedBatchSampler(source_lengths, target_lengths, max_sentences=32, max_tokens=2048)
+    assert sorted(i for batch in sampler for i in batch) == list(range(len(data)))
+    sampler.set_lengths(*data.set_bidirectional(False))
+    assert sorted(i for batch in sampler for i in batch) == list(range(PAIRS))
+
+
+class _SeparateVocabularies:
+    """Stands in for a tokenizer with separate source and target vocabularies (Marian's): the same text gets
+    other ids as a target."""
+
+    def __call__(self, text=None, text_target=None):
+        return {"input_ids": [5, 6, 2] if text_target is None else [7, 8, 2]}
+
+
+def test_only_a_tokenizer_that_encodes_both_sides_alike_is_accepted(joint, pairs):
+    check_tokenizer_encodes_both_sides_alike(joint, [pairs[0][0], pairs[1][0]])
+    with pytest.raises(ValueError, match="encodes source and target alike.*bidirectional_epochs: 0"):
+        check_tokenizer_encodes_both_sides_alike(_SeparateVocabularies(), ["A dog runs."])
