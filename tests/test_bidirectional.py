@@ -82,3 +82,24 @@ def test_only_a_tokenizer_that_encodes_both_sides_alike_is_accepted(joint, pairs
     check_tokenizer_encodes_both_sides_alike(joint, [pairs[0][0], pairs[1][0]])
     with pytest.raises(ValueError, match="encodes source and target alike.*bidirectional_epochs: 0"):
         check_tokenizer_encodes_both_sides_alike(_SeparateVocabularies(), ["A dog runs."])
+
+
+def test_epoch_based_runs_count_the_longer_bidirectional_epochs():
+    """Without max_train_steps the schedule's length is counted per kind of epoch: 40 pairs in batches of 16 are
+    5 batches in both directions and 3 in one; 2 of 5 epochs bidirectional make 2 × 5 + 3 × 3 = 19 updates."""
+    from torch.utils.data import DataLoader
+
+    import train
+    from mt.config import TrainingConfig
+
+    ids = [[5, 6, 2]] * 40
+    data = BidirectionalTrainSet(ids, ids, 128, 128, bidirectional=True)
+    sampler = LengthGroupedBatchSampler(*data.lengths(), max_sentences=16)
+    loader = DataLoader(data, batch_sampler=sampler, collate_fn=list)
+    config = TrainingConfig(num_train_epochs=5, bidirectional_epochs=2)
+    assert train.plan_updates(config, loader, sampler, data, num_processes=1) == (3, 5, 19, 5)
+    assert not data.bidirectional and len(sampler) == 3  # the training loop switches it on for the first epochs
+    config = TrainingConfig(num_train_epochs=5, bidirectional_epochs=2, max_train_steps=12)
+    data.set_bidirectional(True)
+    sampler.set_lengths(*data.lengths())
+    assert train.plan_updates(config, loader, sampler, data, num_processes=1) == (3, 5, 12, 3)
