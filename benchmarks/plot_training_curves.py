@@ -24,6 +24,7 @@ RECORDED_RUNS = {
     "run 4: + punctuation split (preset)": "benchmarks/results/multi30k_en_de_run4_punct.json",
     "run 7: run 4 for 12,000 updates": "benchmarks/results/multi30k_en_de_run7_12k.json",
     "run 8: run 4 + BPE-dropout 0.1": "benchmarks/results/multi30k_en_de_run8_bpe_dropout.json",
+    "run 10: run 4 + 10k vocabulary": "benchmarks/results/multi30k_en_de_run10_vocab10k.json",
 }
 RECORDED_PLOT = "docs/multi30k_validation_curves.png"
 
