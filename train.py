@@ -339,10 +339,10 @@ def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
         logger.info(f"resumed from {resume} at step {state['completed_steps']} (epoch {state['epoch']})")
 
     every = int(config.checkpointing_steps) if str(config.checkpointing_steps).isdigit() else None
-    both_directions = (f" (the first {config.bidirectional_epochs} in both directions: {bidirectional_updates} updates "
-                       "each)" if bidirectional_updates else "")
+    bidirectional_note = (f" (the first {config.bidirectional_epochs} in both directions: {bidirectional_updates} "
+                          "updates each)" if bidirectional_updates else "")
     logger.info(f"{len(splits['train'])} training pairs, {len(train_loader)} batches/epoch/process, "
-                f"{updates_per_epoch} updates/epoch, {max_steps} updates over {num_epochs} epochs{both_directions}, "
+                f"{updates_per_epoch} updates/epoch, {max_steps} updates over {num_epochs} epochs{bidirectional_note}, "
                 f"{accelerator.num_processes} process(es) on {accelerator.device}")
     progress = tqdm(total=max_steps, initial=state["completed_steps"], desc="training",
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
