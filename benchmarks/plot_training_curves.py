@@ -21,10 +21,11 @@ from mt.training_curves import load_history, plot_training_curves  # noqa: E402
 RECORDED_RUNS = {
     "run 1: Wu et al. recipe, inverse-sqrt": "benchmarks/results/multi30k_en_de_wu_recipe.json",
     "run 3: + cosine decay": "benchmarks/results/multi30k_en_de_run3_cosine.json",
-    "run 4: + punctuation split (preset)": "benchmarks/results/multi30k_en_de_run4_punct.json",
+    "run 4: + punctuation split": "benchmarks/results/multi30k_en_de_run4_punct.json",
     "run 7: run 4 for 12,000 updates": "benchmarks/results/multi30k_en_de_run7_12k.json",
     "run 8: run 4 + BPE-dropout 0.1": "benchmarks/results/multi30k_en_de_run8_bpe_dropout.json",
     "run 10: run 4 + 10k vocabulary": "benchmarks/results/multi30k_en_de_run10_vocab10k.json",
+    "run 11: run 4 + 11 bidirectional epochs (preset)": "benchmarks/results/multi30k_en_de_run11_bidirectional.json",
 }
 RECORDED_PLOT = "docs/multi30k_validation_curves.png"
 

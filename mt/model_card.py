@@ -71,6 +71,9 @@ def render_model_card(model, config, results: dict, model_id: str | None = None)
                 if selection.get("selected") == "average"
                 else f"best validation BLEU (step {selection.get('best_step')})")
     hours = results.get("train_seconds", 0) / 3600
+    src, tgt = config.source_lang, config.target_lang
+    directions = (f"{src}→{tgt} and {tgt}→{src} for the first {config.bidirectional_epochs} epoch{'s' * (config.bidirectional_epochs > 1)} (bidirectional "
+                  f"training, Ding et al. 2021), then {src}→{tgt} only" if config.bidirectional_epochs else f"{src}→{tgt}")
     example = results.get("example", {})
     values = {
         "model_name": Path(model_id).name, "model_id": model_id, "source_lang": config.source_lang,
@@ -85,7 +88,7 @@ def render_model_card(model, config, results: dict, model_id: str | None = None)
         "position_embedding_type": c.position_embedding_type, "activation_function": c.activation_function,
         "vocab_size": c.vocab_size, "tokenizer_type": config.tokenizer_type, "tied": c.tie_word_embeddings,
         "num_parameters": f"{results.get('num_parameters', 0):,}", "num_train_pairs": f"{results.get('num_train_pairs', 0):,}",
-        "completed_steps": results.get("completed_steps"),
+        "completed_steps": results.get("completed_steps"), "directions": directions,
         "batching": (f"≤ {config.max_tokens_per_batch} tokens per batch" if config.max_tokens_per_batch
                      else f"{config.per_device_train_batch_size} sentences per batch"),
         "gradient_accumulation_steps": config.gradient_accumulation_steps, "adam_beta1": config.adam_beta1,

@@ -55,6 +55,7 @@ def test_end_to_end_export_and_results(trained_run):
     card = (export / "README.md").read_text()
     assert f"{saved['test']['bleu']:.2f}" in card and saved["test"]["bleu_signature"] in card
     assert "model-index" in card and "pipeline_tag: translation" in card
+    assert "| directions | en→de |" in card
     assert yaml_roundtrip(output_dir / "train_config.yaml")["max_train_steps"] == 8
     # keep_last_checkpoints=2 of the tiny preset: steps 4 and 8 remain, no temporary folders.
     assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["step_0000004", "step_0000008"]
@@ -384,6 +385,8 @@ def test_bidirectional_epochs_then_one_direction_and_exact_resume(tmp_path, monk
     assert sorted(served_reversed) == list(range(40, 80)), served_reversed
     assert "epoch 1: both directions, 5 batches" in caplog.text and "epoch 2: en->de only, 3 batches" in caplog.text
     assert "8 updates over 2 epochs (the first 1 in both directions: 5 updates each)" in caplog.text
+    card = (output_dir / "model" / "README.md").read_text()
+    assert "| directions | en→de and de→en for the first 1 epoch (bidirectional training" in card
 
     resumed = tmp_path / "bidirectional_resumed"
     train.main(flags + ["--output_dir", str(resumed), "--max_train_steps", "6"])

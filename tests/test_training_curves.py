@@ -77,6 +77,7 @@ def test_comparison_script_with_labels_and_recorded_runs(runs, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert output.read_bytes()[:8] == PNG_MAGIC
     # The recorded runs of RESULTS.md, then the two given here; the label may itself contain "=".
-    assert "run 4: + punctuation split (preset): 16 validations, best BLEU 41.20 at update 6500" in run.stdout
+    assert "run 4: + punctuation split: 16 validations, best BLEU 41.20 at update 6500" in run.stdout
+    assert "run 11: run 4 + 11 bidirectional epochs (preset): 16 validations, best BLEU 41.46 at update 7500" in run.stdout
     assert "longer=run: 2 validations, best BLEU 20.00 at update 1000 (still training)" in run.stdout
     assert "finished: 4 validations, best BLEU 30.00 at update 1000\n" in run.stdout
