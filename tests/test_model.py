@@ -307,7 +307,9 @@ def test_padded_batch_equals_each_sentence_alone(trained_model, padded_batch, im
             alone = trained_model(
                 input_ids=padded_batch["input_ids"][i : i + 1, :S], decoder_input_ids=decoder_input_ids[i : i + 1, :T]
             ).logits
-            assert (batched[i, :T] - alone[0]).abs().max() <= TOL, i
+            # Relative as well as absolute: logits reach ~10, and the fused CPU kernel's summation order
+            # differs with the padded length (1.1e-5 apart on an AMD EPYC); leaked padding moves them by > 1e-3.
+            torch.testing.assert_close(batched[i, :T], alone[0], rtol=1e-5, atol=TOL, msg=f"sentence {i}")
 
 
 # --------------------------------------------------------------------------------------------------
