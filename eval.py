@@ -5,7 +5,8 @@ Any `AutoModelForSeq2SeqLM` checkpoint works (a folder, or a Hub id online): an 
 trust_remote_code) or a built-in model such as Marian.
 
     python eval.py --model_name_or_path runs/multi30k/model --data_dir ../shared/data/multi30k \
-        --source_lang en --target_lang de --split test_2016_flickr --num_beams 5 --output_dir runs/multi30k/eval
+        --split test_2016_flickr --num_beams 5 --output_dir runs/multi30k/eval   # pair: the export's own
+    python eval.py --model_name_or_path Helsinki-NLP/opus-mt-en-de --source_lang en --target_lang de ...
     accelerate launch --multi_gpu --num_processes 2 eval.py ... --cpu     # 2 CPU processes, each sentence once
     python eval.py ... --update_model_card --plot_attention 3              # scores into README.md, heatmaps
 
@@ -72,8 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--train_file", help="JSON/JSON-lines/CSV file of the train split")
     data.add_argument("--validation_file", help="JSON/JSON-lines/CSV file of the validation split")
     data.add_argument("--test_file", help="JSON/JSON-lines/CSV file of the test split")
-    data.add_argument("--source_lang", required=True)
-    data.add_argument("--target_lang", required=True)
+    data.add_argument("--source_lang", help="default: the pair the checkpoint was trained on (its all_results.json)")
+    data.add_argument("--target_lang", help="default: the pair the checkpoint was trained on (its all_results.json)")
     data.add_argument("--split", default="test", help="split to score (Multi30k files: val, test_2016_flickr, ...)")
     data.add_argument("--max_samples", type=positive_int, help="score only the first N sentence pairs")
 
@@ -98,7 +99,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     output.add_argument("--cpu", action="store_true",
                         help="run on the CPU even if a GPU is present; needed for several CPU processes")
     output.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.source_lang is None or args.target_lang is None:
+        trained = trained_language_pair(args.model_name_or_path)
+        if trained is None:
+            parser.error(f"--source_lang and --target_lang are required: {args.model_name_or_path} does not record the "
+                         "language pair it was trained on (no all_results.json from train.py)")
+        args.source_lang = args.source_lang or trained[0]
+        args.target_lang = args.target_lang or trained[1]
+    return args
+
+
+def trained_language_pair(model_name_or_path: str) -> tuple[str, str] | None:
+    """(source, target) from the all_results.json that train.py writes beside an export, or None."""
+    path = Path(model_name_or_path) / "all_results.json"
+    try:
+        config = json.loads(path.read_text()).get("config", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    if config.get("source_lang") and config.get("target_lang"):
+        return config["source_lang"], config["target_lang"]
+    return None
 
 
 def corpus_spec(args: argparse.Namespace) -> CorpusSpec:

@@ -344,6 +344,18 @@ def test_parse_args_types():
 
 
 
+def test_language_pair_defaults_to_the_one_the_checkpoint_was_trained_on(tmp_path, capsys):
+    (tmp_path / "all_results.json").write_text(json.dumps({"config": {"source_lang": "en", "target_lang": "fr"}}))
+    args = eval_script.parse_args(["--model_name_or_path", str(tmp_path)])
+    assert (args.source_lang, args.target_lang) == ("en", "fr")
+    args = eval_script.parse_args(["--model_name_or_path", str(tmp_path), "--target_lang", "de"])  # a flag wins
+    assert (args.source_lang, args.target_lang) == ("en", "de")
+    for folder in (tmp_path / "elsewhere", "Helsinki-NLP/opus-mt-en-de"):  # no record: the flags are needed
+        with pytest.raises(SystemExit):
+            eval_script.parse_args(["--model_name_or_path", str(folder), "--source_lang", "en"])
+        assert "--source_lang and --target_lang are required" in capsys.readouterr().err
+
+
 def test_multi_process_launch_without_a_process_group_is_refused(monkeypatch):
     """`accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs and without --cpu starts two
     lone processes (hf5-notes §J): each would score the whole split. eval.py must refuse instead."""
