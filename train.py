@@ -113,6 +113,8 @@ def build_model(config: TrainingConfig, tokenizer) -> transformers.PreTrainedMod
         preset.update(vocab_size=len(tokenizer), decoder_start_token_id=SPECIAL_TOKEN_IDS["bos_token_id"],
                       **SPECIAL_TOKEN_IDS)
         model = AttnMTForConditionalGeneration(AttnMTConfig(**preset))
+    if config.attn_implementation:
+        model.set_attn_implementation(config.attn_implementation)
     if hasattr(model.config, "label_smoothing"):
         model.config.label_smoothing = config.label_smoothing
     check_tokenizer_matches_config(tokenizer, model.config)

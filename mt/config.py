@@ -72,6 +72,7 @@ class TrainingConfig:
     attention_dropout: float | None = field(default=None, metadata={"help": "Override the model's dropout on attention weights."})
     activation_dropout: float | None = field(default=None, metadata={"help": "Override the model's dropout inside the feed-forward block."})
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager (the attention formula written out, to read or step through in a debugger) or sdpa (torch's fused kernel); default: the model's own (sdpa)."})
     seed: int = 42
     cpu: bool = field(default=False, metadata={"help": "Force the CPU (needed for multi-process runs on a machine without GPU)."})
     # --- validation, checkpoints, output -------------------------------------------------------
@@ -105,6 +106,8 @@ class TrainingConfig:
             fail(f"lr_scheduler_type={self.lr_scheduler_type!r}; use one of {SCHEDULERS}.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             fail(f"mixed_precision={self.mixed_precision!r}; use no, fp16 or bf16.")
+        if self.attn_implementation not in (None, "eager", "sdpa"):
+            fail(f"attn_implementation={self.attn_implementation!r}; use eager or sdpa.")
         for name in ("vocab_size", "max_source_length", "max_target_length", "per_device_train_batch_size",
                      "per_device_eval_batch_size", "gradient_accumulation_steps", "num_beams", "max_new_tokens",
                      "logging_steps"):

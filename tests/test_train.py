@@ -265,6 +265,27 @@ def test_dropout_flags_reach_every_layer(trained_run, from_export):
     assert all(layer.encoder_attn.dropout == 0.15 for layer in model.model.decoder.layers)
 
 
+def test_attn_implementation_flag_selects_the_formula_for_training(trained_run, monkeypatch):
+    """--attn_implementation eager trains through eager_attention_forward (the formula), sdpa does not."""
+    import modeling.modeling_attnmt as modeling_attnmt
+    from transformers import AutoTokenizer
+
+    calls = []
+    real = modeling_attnmt.eager_attention_forward
+    monkeypatch.setattr(modeling_attnmt, "eager_attention_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    tokenizer = AutoTokenizer.from_pretrained(trained_run[0] / "model")
+    batch = tokenizer(["A man rides a bike."], text_target=["Ein Mann fährt Rad."], return_tensors="pt")
+    for implementation, expected_calls in (("eager", 6), ("sdpa", 0)):  # tiny: 2 encoder + 2×2 decoder attentions
+        calls.clear()
+        flags = ["--config", "configs/train/tiny.yaml", "--attn_implementation", implementation]
+        model = train.build_model(load_config(flags), tokenizer).train()
+        assert model.config._attn_implementation == implementation
+        model(**batch).loss.backward()
+        assert len(calls) == expected_calls, implementation
+    with pytest.raises(ValueError, match="attn_implementation='flash'; use eager or sdpa"):
+        load_config(["--config", "configs/train/tiny.yaml", "--attn_implementation", "flash"])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Data: every bad input gets a clear error or a counted filter
 # ---------------------------------------------------------------------------------------------------
