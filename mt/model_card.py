@@ -72,8 +72,11 @@ def render_model_card(model, config, results: dict, model_id: str | None = None)
                 else f"best validation BLEU (step {selection.get('best_step')})")
     hours = results.get("train_seconds", 0) / 3600
     src, tgt = config.source_lang, config.target_lang
-    directions = (f"{src}→{tgt} and {tgt}→{src} for the first {config.bidirectional_epochs} epoch{'s' * (config.bidirectional_epochs > 1)} (bidirectional "
-                  f"training, Ding et al. 2021), then {src}→{tgt} only" if config.bidirectional_epochs else f"{src}→{tgt}")
+    directions = f"{src}→{tgt}"
+    if config.bidirectional_epochs:
+        epochs = f"{config.bidirectional_epochs} epoch" + ("s" if config.bidirectional_epochs > 1 else "")
+        directions = (f"{src}→{tgt} and {tgt}→{src} for the first {epochs} (bidirectional training, Ding et al. "
+                      f"2021), then {src}→{tgt} only")
     example = results.get("example", {})
     values = {
         "model_name": Path(model_id).name, "model_id": model_id, "source_lang": config.source_lang,
