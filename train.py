@@ -42,6 +42,7 @@ from mt.config import TrainingConfig, load_config, load_model_preset
 from mt.data import CorpusSpec, drop_blank_pairs, load_split
 from mt.export import export_model
 from mt.model_card import render_model_card
+from mt.rdrop import rdrop_loss
 from mt.scoring import load_metrics, score_translations, translate
 from mt.tokenizer import SPECIAL_TOKEN_IDS, check_tokenizer_matches_config, train_tokenizer
 from mt.training_curves import STATE_FILE, load_history, plot_training_curves
@@ -398,7 +399,10 @@ def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
             loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
         for batch in loader:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                if config.rdrop_alpha > 0:
+                    loss = rdrop_loss(model, batch, config.rdrop_alpha, config.label_smoothing)
+                else:
+                    loss = model(**batch).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)

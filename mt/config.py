@@ -68,6 +68,7 @@ class TrainingConfig:
     num_train_epochs: int = 10
     max_train_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimizer updates (overrides epochs)."})
     label_smoothing: float = 0.1
+    rdrop_alpha: float = field(default=0.0, metadata={"help": "R-Drop: run each batch twice and add alpha × the symmetric KL between the two passes' predictions (0 = off; about 2× the compute per update)."})
     dropout: float | None = field(default=None, metadata={"help": "Override the model's residual/embedding dropout."})
     attention_dropout: float | None = field(default=None, metadata={"help": "Override the model's dropout on attention weights."})
     activation_dropout: float | None = field(default=None, metadata={"help": "Override the model's dropout inside the feed-forward block."})
@@ -134,6 +135,8 @@ class TrainingConfig:
             fail("bidirectional_epochs and bpe_dropout cannot be combined yet; set one of them to 0.")
         if not 0.0 <= self.label_smoothing < 1.0:
             fail(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}.")
+        if self.rdrop_alpha < 0:
+            fail(f"rdrop_alpha must be >= 0 (0 = off), got {self.rdrop_alpha}; the R-Drop paper uses 5 on IWSLT14.")
         if self.checkpointing_steps not in (None, "", "epoch") and not str(self.checkpointing_steps).isdigit():
             fail(f"checkpointing_steps={self.checkpointing_steps!r}; use 'epoch', an integer, or leave it empty.")
         if self.average_last_checkpoints > self.keep_last_checkpoints:

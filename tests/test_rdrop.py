@@ -1,0 +1,116 @@
+"""R-Drop: the loss equals its definition (checked against torch.distributions and F.cross_entropy), is the
+ordinary loss when dropout is off, adds a positive KL term when it is on, and train.py uses it when asked."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.distributions import Categorical, kl_divergence
+from torch.nn import functional as F
+
+import train
+from modeling import AttnMTConfig, AttnMTForConditionalGeneration
+from mt.config import load_config
+from mt.rdrop import rdrop_loss
+from test_train import TINY
+
+V = 50
+
+
+def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, V, (3, 7), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 5:] = 0
+    labels = torch.randint(3, V, (3, 6), generator=generator)
+    labels[2, 4:] = -100
+    decoder_input_ids = torch.cat([torch.full((3, 1), 2), labels[:, :-1].clamp(min=0)], dim=1)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+            "decoder_input_ids": decoder_input_ids}
+
+
+def _model(dropout: float) -> AttnMTForConditionalGeneration:
+    torch.manual_seed(0)
+    config = AttnMTConfig(vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                          decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, dropout=dropout,
+                          attention_dropout=dropout, activation_dropout=dropout, label_smoothing=0.1,
+                          pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=2)
+    return AttnMTForConditionalGeneration(config).train()
+
+
+def test_loss_is_the_definition_on_given_logits():
+    """A stand-in model returns fixed logits for the doubled batch: the loss must be the mean of the two label-
+    smoothed cross-entropies plus α × the mean symmetric KL over the labelled tokens, computed independently."""
+    batch = _batch()
+    logits = torch.randn(6, 6, V, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    seen = {}
+
+    def model(**inputs):
+        seen.update(inputs)
+        return SimpleNamespace(logits=logits)
+
+    loss = rdrop_loss(model, batch, alpha=5.0, label_smoothing=0.1)
+    # The model saw the batch stacked on itself, without labels and without a cache.
+    assert "labels" not in seen and seen["use_cache"] is False
+    for name in ("input_ids", "attention_mask", "decoder_input_ids"):
+        assert torch.equal(seen[name], torch.cat([batch[name], batch[name]]))
+
+    labelled = batch["labels"] != -100
+    target = batch["labels"][labelled]
+    first, second = logits[:3][labelled], logits[3:][labelled]
+    cross_entropy = (F.cross_entropy(first, target, label_smoothing=0.1)
+                     + F.cross_entropy(second, target, label_smoothing=0.1)) / 2
+    p1, p2 = Categorical(logits=first), Categorical(logits=second)
+    symmetric_kl = ((kl_divergence(p1, p2) + kl_divergence(p2, p1)) / 2).mean()
+    assert symmetric_kl > 0.1
+    torch.testing.assert_close(loss, cross_entropy + 5.0 * symmetric_kl)
+
+    loss.backward()
+    reference_logits = logits.detach().clone().requires_grad_(True)
+    r1, r2 = reference_logits[:3][labelled], reference_logits[3:][labelled]
+    q1, q2 = Categorical(logits=r1), Categorical(logits=r2)
+    reference = ((F.cross_entropy(r1, target, label_smoothing=0.1) + F.cross_entropy(r2, target, label_smoothing=0.1))
+                 / 2 + 5.0 * ((kl_divergence(q1, q2) + kl_divergence(q2, q1)) / 2).mean())
+    reference.backward()
+    torch.testing.assert_close(logits.grad, reference_logits.grad)
+    assert logits.grad[3:][~labelled].abs().max() == 0  # padding positions get no gradient
+
+
+def test_without_dropout_it_is_the_ordinary_loss():
+    """Dropout off: the two passes agree, the KL term vanishes, and the loss is the model's own loss."""
+    model, batch = _model(dropout=0.0), _batch()
+    torch.testing.assert_close(rdrop_loss(model, batch, alpha=5.0, label_smoothing=0.1), model(**batch).loss,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_with_dropout_the_kl_term_is_positive_and_trains_every_parameter():
+    """Same seed, so the same dropout masks: the α = 5 loss exceeds the α = 0 loss by 5 × a positive KL."""
+    model, batch = _model(dropout=0.3), _batch()
+    torch.manual_seed(7)
+    plain = rdrop_loss(model, batch, alpha=0.0, label_smoothing=0.1)
+    torch.manual_seed(7)
+    regularised = rdrop_loss(model, batch, alpha=5.0, label_smoothing=0.1)
+    assert 0.001 < (regularised - plain).item() / 5.0 < 1.0
+    regularised.backward()
+    without_gradient = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert without_gradient == []
+
+
+def test_batches_without_decoder_inputs_and_negative_alpha_are_refused():
+    batch = _batch()
+    del batch["decoder_input_ids"]
+    with pytest.raises(ValueError, match="R-Drop needs `decoder_input_ids`.*DataCollatorForSeq2Seq"):
+        rdrop_loss(_model(0.1), batch, alpha=1.0, label_smoothing=0.1)
+    with pytest.raises(ValueError, match="rdrop_alpha must be >= 0"):
+        load_config(TINY + ["--rdrop_alpha", "-1"])
+
+
+def test_train_py_uses_rdrop_every_update_and_records_it(tmp_path, monkeypatch):
+    calls = []
+    real = train.rdrop_loss
+    monkeypatch.setattr(train, "rdrop_loss", lambda *args, **kwargs: calls.append(args[2]) or real(*args, **kwargs))
+    output_dir = tmp_path / "rdrop"
+    results = train.main(TINY + ["--rdrop_alpha", "2", "--test_split", "", "--output_dir", str(output_dir)])
+    assert results["completed_steps"] == 8 and calls == [2.0] * 8
+    card = (output_dir / "model" / "README.md").read_text()
+    assert "weight decay 0.0, R-Drop α 2 (each batch twice, symmetric KL" in card
