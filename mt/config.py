@@ -68,7 +68,7 @@ class TrainingConfig:
     num_train_epochs: int = 10
     max_train_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimizer updates (overrides epochs)."})
     label_smoothing: float = 0.1
-    rdrop_alpha: float = field(default=0.0, metadata={"help": "R-Drop: run each batch twice and add alpha × the symmetric KL between the two passes' predictions (0 = off; about 2× the compute per update)."})
+    rdrop_alpha: float = field(default=0.0, metadata={"help": "R-Drop: run each batch twice and penalise disagreement between the two passes' predictions by the KL weight alpha, as in Liang et al. 2021 (0 = off; 5 in the paper; about 2× the compute per update)."})
     dropout: float | None = field(default=None, metadata={"help": "Override the model's residual/embedding dropout."})
     attention_dropout: float | None = field(default=None, metadata={"help": "Override the model's dropout on attention weights."})
     activation_dropout: float | None = field(default=None, metadata={"help": "Override the model's dropout inside the feed-forward block."})
