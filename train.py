@@ -400,7 +400,7 @@ def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
         for batch in loader:
             with accelerator.accumulate(model):
                 if config.rdrop_alpha > 0:
-                    loss = rdrop_loss(model, batch, config.rdrop_alpha, config.label_smoothing)
+                    loss = rdrop_loss(model, batch, config.rdrop_alpha)
                 else:
                     loss = model(**batch).loss
                 accelerator.backward(loss)

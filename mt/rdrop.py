@@ -13,45 +13,49 @@ sub-models that dropout samples towards one another, so what the model learns de
 happen to be dropped: a regularizer for small corpora, reported at +2 BLEU on IWSLT14 (160k pairs). It costs
 one extra forward and backward per update (the batch is run once at twice its size), and nothing at inference.
 
-The KL term is written out here (log-probabilities, `F.kl_div`); the cross-entropy is the model's own
-(`modeling_attnmt.cross_entropy`). With dropout off the two passes agree, the KL term is 0 and the loss is the
+The cross-entropy is the model's own training loss on the doubled batch (its mean over both copies is the
+mean of the two passes' losses); the KL term is written out here. AttnMT in training mode computes the logits
+of the labelled positions only and returns no `logits` (the LM head is the largest matmul of a small model);
+their values are taken from the LM head's output with a forward hook, so R-Drop keeps that saving. Other
+models return their logits. With dropout off the two passes agree, the KL term is 0 and the loss is the
 model's ordinary loss (tested).
 """
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch.nn import functional as F
 
-from modeling.modeling_attnmt import cross_entropy
 
-
-def rdrop_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], alpha: float,
-               label_smoothing: float) -> torch.Tensor:
+def rdrop_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], alpha: float) -> torch.Tensor:
     """The R-Drop training loss of one batch (a scalar with a gradient).
 
     Args:
-        model: a seq2seq model in training mode (possibly wrapped by accelerate); called once on the batch
-            stacked on itself, without `labels`, so that it returns the logits of both passes.
-        batch: the collator's batch: `input_ids`, `attention_mask`, `labels` (-100 = left out) and, from
-            `DataCollatorForSeq2Seq`, `decoder_input_ids`.
+        model: a seq2seq model in training mode, possibly wrapped by accelerate (DDP); called once, with the
+            batch stacked on itself.
+        batch: the collator's batch, with `labels` (-100 = left out of the loss).
         alpha: weight α of the KL term, as in the paper (5 on IWSLT14); 0 gives plain training on two passes.
-        label_smoothing: ε of the cross-entropy terms.
     """
-    if "decoder_input_ids" not in batch:
-        raise ValueError("R-Drop needs `decoder_input_ids` in the batch; build the batches with "
-                         "DataCollatorForSeq2Seq(tokenizer, model=model) as train.py does.")
     labels = batch["labels"]
-    doubled = {name: torch.cat([tensor, tensor]) for name, tensor in batch.items() if name != "labels"}
-    # (2B, T, V): without labels the model returns every position's logits; nothing to cache in training.
-    logits = model(**doubled, use_cache=False).logits
+    doubled = {name: torch.cat([tensor, tensor]) for name, tensor in batch.items()}
+    head_outputs = []
+    head = extract_model_from_parallel(model).get_output_embeddings()
+    hook = head.register_forward_hook(lambda module, args, output: head_outputs.append(output))
+    try:
+        outputs = model(**doubled)
+    finally:
+        hook.remove()
+    loss = outputs.loss  # mean label-smoothed CE over both copies' N + N labelled tokens = (CE(P1) + CE(P2)) / 2
+    if alpha == 0:
+        return loss
     labelled = labels != -100
-    first, second = (half[labelled] for half in logits.chunk(2))  # (N, V) each, the same N target tokens
-    target = labels[labelled]
-    loss = (cross_entropy(first, target, label_smoothing) + cross_entropy(second, target, label_smoothing)) / 2
-    if alpha > 0:
-        log_p1 = F.log_softmax(first.float(), dim=-1)
-        log_p2 = F.log_softmax(second.float(), dim=-1)
-        # F.kl_div(input=log q, target=log p, log_target=True) is KL(p ‖ q); batchmean averages over the N tokens.
-        kl_1_2 = F.kl_div(log_p2, log_p1, reduction="batchmean", log_target=True)
-        kl_2_1 = F.kl_div(log_p1, log_p2, reduction="batchmean", log_target=True)
-        loss = loss + alpha * (kl_1_2 + kl_2_1) / 4
-    return loss
+    if outputs.logits is not None:  # (2B, T, V)
+        first, second = (half[labelled] for half in outputs.logits.chunk(2))
+    else:  # AttnMT in training mode: the LM head ran on the labelled positions of both copies, in order: (2N, V)
+        (labelled_logits,) = head_outputs
+        first, second = labelled_logits.chunk(2)  # (N, V) each, the same N target tokens
+    log_p1 = F.log_softmax(first.float(), dim=-1)
+    log_p2 = F.log_softmax(second.float(), dim=-1)
+    # F.kl_div(input=log q, target=log p, log_target=True) is KL(p ‖ q); batchmean averages over the N tokens.
+    kl_1_2 = F.kl_div(log_p2, log_p1, reduction="batchmean", log_target=True)
+    kl_2_1 = F.kl_div(log_p1, log_p2, reduction="batchmean", log_target=True)
+    return loss + alpha * (kl_1_2 + kl_2_1) / 4
