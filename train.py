@@ -380,6 +380,8 @@ def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
 
     first_epoch = True
     # With max_train_steps the step count decides (BPE-dropout epochs vary by a few batches); otherwise epochs do.
+    # A run resumed from its last checkpoint (a crash or a cut-off during the final evaluation) trains no further.
+    stop = state["completed_steps"] >= max_steps
     while not stop and (config.max_train_steps is not None or state["epoch"] < num_epochs):
         if isinstance(train_set, BPEDropoutTrainSet) and not first_epoch:
             train_sampler.set_lengths(*train_set.resegment(accelerator))

@@ -126,6 +126,14 @@ def test_resume_reaches_the_same_weights(trained_run, tmp_path):
     assert [h["step"] for h in history] == [4, 8]
     assert history[-1]["loss"] == pytest.approx(reference[-1]["loss"], abs=1e-6)
 
+    # Resuming the finished run (as after a crash during the final evaluation) only finalizes: no update 9.
+    results = train.main(TINY + ["--output_dir", str(output_dir), "--resume_from_checkpoint", "latest"])
+    assert results["completed_steps"] == 8 and [h["step"] for h in results["history"]] == [4, 8]
+    assert sorted(p.name for p in (output_dir / "checkpoints").iterdir())[-1] == "step_0000008"
+    again = load_file(str(output_dir / "checkpoints" / "step_0000008" / "model.safetensors"))
+    for name in uninterrupted:
+        torch.testing.assert_close(again[name], uninterrupted[name], rtol=0, atol=0, msg=name)
+
 
 def test_resume_after_an_epoch_boundary_and_between_validations_is_exact(trained_run, tmp_path):
     """40 pairs in batches of 16 are 3 batches per epoch. A run stopped at update 5 (epoch 2, not a validation
