@@ -26,6 +26,7 @@ RECORDED_RUNS = {
     "run 8: run 4 + BPE-dropout 0.1": "benchmarks/results/multi30k_en_de_run8_bpe_dropout.json",
     "run 10: run 4 + 10k vocabulary": "benchmarks/results/multi30k_en_de_run10_vocab10k.json",
     "run 11: run 4 + 11 bidirectional epochs (preset)": "benchmarks/results/multi30k_en_de_run11_bidirectional.json",
+    "run 12: run 11 for 12,000 updates": "benchmarks/results/multi30k_en_de_run12_12k_bidirectional.json",
 }
 RECORDED_PLOT = "docs/multi30k_validation_curves.png"
 
