@@ -504,11 +504,13 @@ def finalize(config, state, tokenizer, splits, accelerator, metrics, started: fl
         history=state["history"],
     )
     if accelerator.is_main_process:
+        # The measured figures first: a failure while exporting (a model card template edited during the run,
+        # a full disk) then loses nothing that took hours, and a resumed run only repeats the final evaluation.
+        write_json_atomic(output_dir / "all_results.json", results)
         card = render_model_card(model, config, results)
         export_dir = output_dir / "model"
         export_model(model, tokenizer, export_dir, model_card=card)
         write_json_atomic(export_dir / "all_results.json", results)
-        write_json_atomic(output_dir / "all_results.json", results)
         logger.info(f"exported to {export_dir}")
         if state["history"]:
             curves = plot_training_curves([load_history(output_dir / "all_results.json", label=output_dir.name)],

@@ -27,6 +27,7 @@ RECORDED_RUNS = {
     "run 10: run 4 + 10k vocabulary": "benchmarks/results/multi30k_en_de_run10_vocab10k.json",
     "run 11: run 4 + 11 bidirectional epochs (preset)": "benchmarks/results/multi30k_en_de_run11_bidirectional.json",
     "run 12: run 11 for 12,000 updates": "benchmarks/results/multi30k_en_de_run12_12k_bidirectional.json",
+    "run 13: run 11 + R-Drop, half batches": "benchmarks/results/multi30k_en_de_run13_rdrop_stopped.json",
 }
 RECORDED_PLOT = "docs/multi30k_validation_curves.png"
 
@@ -58,7 +59,7 @@ def main(argv=None) -> None:
     for run in runs:
         step, bleu = run.best
         print(f"{run.label}: {len(run.steps)} validations, best BLEU {bleu:.2f} at update {step}"
-              + ("" if run.finished else " (still training)"))
+              + ("" if run.finished else " (stopped)" if run.stopped else " (still training)"))
     print(f"wrote {path}")
 
 

@@ -30,6 +30,7 @@ class RunHistory:
     bleu: list[float]
     loss: list[float]
     finished: bool
+    stopped: bool = False  # ended early on purpose (a recorded history with a "stopped" note): not running
 
     @property
     def best(self) -> tuple[int, float]:
@@ -74,28 +75,29 @@ def load_history(path: str | Path, label: str | None = None) -> RunHistory:
         bleu=[record["bleu"] for record in history],
         loss=[record["loss"] for record in history],
         finished="validation" in data,  # the final scores are written only when training has ended
+        stopped="stopped" in data,
     )
 
 
 def plot_training_curves(runs: list[RunHistory], output: str | Path, title: str | None = None) -> Path:
     """Validation BLEU (left) and validation loss (right) of each run against the update; the best BLEU of
-    each run is marked. A run still training is drawn dashed. Returns the PNG's path."""
+    each run is marked. A run still training is drawn dashed, one stopped early dotted. Returns the PNG's path."""
     if not runs:
         raise ValueError("No run to plot.")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     figure, (bleu_axis, loss_axis) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
     for run in runs:
-        style = "-" if run.finished else "--"
+        style = "-" if run.finished else ":" if run.stopped else "--"
         best_step, best_bleu = run.best
-        suffix = "" if run.finished else ", running"
+        suffix = "" if run.finished else f", stopped at {run.steps[-1]}" if run.stopped else ", running"
         (line,) = bleu_axis.plot(run.steps, run.bleu, style, marker=".",
                                  label=f"{run.label} (best {best_bleu:.2f} @ {best_step}{suffix})")
         bleu_axis.plot([best_step], [best_bleu], "o", markersize=9, markerfacecolor="none", color=line.get_color())
         loss_axis.plot(run.steps, run.loss, style, marker=".", color=line.get_color(), label=run.label)
     # Early validations are far below the rest; start the BLEU axis where the curves get interesting.
     top = max(max(run.bleu) for run in runs)
-    bleu_axis.set_ylim(bottom=max(0.0, min(min(run.bleu[len(run.bleu) // 4:]) for run in runs) - 2.0), top=top + 1.0)
+    bleu_axis.set_ylim(bottom=max(0.0, min(min(run.bleu[len(run.bleu) // 2:]) for run in runs) - 2.0), top=top + 1.0)
     bleu_axis.set(xlabel="update", ylabel="validation BLEU (cased, sacreBLEU)", title="validation BLEU")
     loss_axis.set(xlabel="update", ylabel="validation loss (label-smoothed cross-entropy)", title="validation loss")
     for axis in (bleu_axis, loss_axis):

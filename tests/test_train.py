@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -111,7 +112,7 @@ def test_export_loads_in_fresh_process_and_translates(trained_run, tmp_path):
     assert "PIPELINE {'translation_text':" in done.stdout
 
 
-def test_resume_reaches_the_same_weights(trained_run, tmp_path):
+def test_resume_reaches_the_same_weights(trained_run, tmp_path, monkeypatch):
     """Stop after 4 updates, resume to 8: identical weights to the uninterrupted run of the fixture."""
     output_dir = tmp_path / "resumed"
     train.main(TINY + ["--output_dir", str(output_dir), "--max_train_steps", "4"])
@@ -133,6 +134,23 @@ def test_resume_reaches_the_same_weights(trained_run, tmp_path):
     again = load_file(str(output_dir / "checkpoints" / "step_0000008" / "model.safetensors"))
     for name in uninterrupted:
         torch.testing.assert_close(again[name], uninterrupted[name], rtol=0, atol=0, msg=name)
+
+    # An export that fails (here the model card) keeps the measured figures; resuming then completes the export.
+    (output_dir / "all_results.json").unlink()
+    shutil.rmtree(output_dir / "model")
+
+    def failing_card(*args, **kwargs):
+        raise RuntimeError("model card template broken")
+
+    monkeypatch.setattr(train, "render_model_card", failing_card)
+    with pytest.raises(RuntimeError, match="template broken"):
+        train.main(TINY + ["--output_dir", str(output_dir), "--resume_from_checkpoint", "latest"])
+    kept = json.loads((output_dir / "all_results.json").read_text())
+    assert kept["test"]["num_sentences"] == 12 and kept["completed_steps"] == 8
+    assert not (output_dir / "model").exists()
+    monkeypatch.undo()
+    train.main(TINY + ["--output_dir", str(output_dir), "--resume_from_checkpoint", "latest"])
+    assert (output_dir / "model" / "README.md").is_file() and (output_dir / "model" / "all_results.json").is_file()
 
 
 def test_resume_after_an_epoch_boundary_and_between_validations_is_exact(trained_run, tmp_path):

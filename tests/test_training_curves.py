@@ -44,6 +44,12 @@ def test_histories_from_finished_and_running_runs(runs):
     live = load_history(running, label="mine")
     assert live.label == "mine" and not live.finished
     assert live.steps == [500, 1000] and live.best == (1000, 20.0)
+    assert not live.stopped and not done.stopped
+    # A run stopped early and recorded as such is neither finished nor running.
+    stopped = finished.parent / "stopped.json"
+    stopped.write_text(json.dumps({"stopped": "behind the reference", "history": history([500, 1000], [5.0, 8.0])}))
+    halted = load_history(stopped)
+    assert halted.stopped and not halted.finished and halted.best == (1000, 8.0)
     # A bare JSON file works too.
     assert load_history(finished / "all_results.json").steps == done.steps
 
