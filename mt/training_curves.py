@@ -86,7 +86,9 @@ def plot_training_curves(runs: list[RunHistory], output: str | Path, title: str 
         raise ValueError("No run to plot.")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    figure, (bleu_axis, loss_axis) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    legend_rows = (len(runs) + 1) // 2  # below both panels, two runs per row: it hides no curve
+    legend_height = 0.22 * legend_rows + 0.15  # inches
+    figure, (bleu_axis, loss_axis) = plt.subplots(1, 2, figsize=(12, 4.5 + legend_height), dpi=100)
     for run in runs:
         style = "-" if run.finished else ":" if run.stopped else "--"
         best_step, best_bleu = run.best
@@ -102,10 +104,10 @@ def plot_training_curves(runs: list[RunHistory], output: str | Path, title: str 
     loss_axis.set(xlabel="update", ylabel="validation loss (label-smoothed cross-entropy)", title="validation loss")
     for axis in (bleu_axis, loss_axis):
         axis.grid(True, alpha=0.3)
-    bleu_axis.legend(fontsize=8, loc="lower right")
+    figure.legend(*bleu_axis.get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, legend_height / figure.get_figheight(), 1, 1))
     # Written beside the target and renamed: an interrupted save never leaves a truncated picture behind.
     partial = output.with_name(f".{output.stem}.partial{output.suffix}")
     figure.savefig(partial)
