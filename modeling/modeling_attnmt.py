@@ -73,7 +73,7 @@ def eager_attention_forward(
     # A masked score is a large *finite* negative number, so a row that is entirely masked (a padding
     # query) becomes a uniform distribution instead of NaN, and its output is simply ignored later.
     weights = F.softmax(scores, dim=-1).to(query.dtype)  # (B, H, T, S), each row sums to 1
-    weights = F.dropout(weights, p=dropout, training=module.training)
+    weights = apply_dropout(weights, p=dropout, training=module.training)
     output = torch.matmul(weights, value)  # (B, H, T, Dh): each query's weighted sum of the values
     output = output.transpose(1, 2).contiguous()  # (B, T, H, Dh)
     return output, weights
@@ -108,11 +108,46 @@ def decoding_step_attention_forward(
         else:
             scores.add_(attention_mask)
     weights = torch.softmax(scores, dim=-1).to(query.dtype)  # (B, H, T, S)
-    if module.training and dropout > 0.0:
-        weights = F.dropout(weights, p=dropout, training=True)
+    weights = apply_dropout(weights, p=dropout, training=module.training)
     output = torch.bmm(weights.view(B * H, T, S), value.reshape(B * H, S, Dh))  # (B·H, T, Dh)
     output = output.view(B, H, T, Dh).transpose(1, 2).contiguous()  # (B, T, H, Dh); no copy when T = 1
     return output, weights
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dropout
+# ---------------------------------------------------------------------------------------------------
+
+
+def apply_dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Dropout (Srivastava et al., 2014): in training, each element is zeroed with probability p and the others are
+    scaled by 1 / (1 - p), so that the expected value is unchanged; outside training, the identity (not even a call).
+
+    On a GPU this is `F.dropout`. On a CPU the mask comes from `cpu_dropout_keep_mask`, four elements per 64-bit
+    draw of torch's generator: `F.dropout` draws its mask with `bernoulli_`, one slow draw per element, which took
+    16% of a training step of the Multi30k preset on a 2-core CPU (benchmarks/RESULTS.md).
+    """
+    if not training or p == 0.0:
+        return hidden_states
+    if hidden_states.device.type != "cpu":
+        return F.dropout(hidden_states, p=p, training=True)
+    keep, scale = cpu_dropout_keep_mask(hidden_states.shape, p)
+    return hidden_states * keep * scale  # autograd keeps the bool mask for the backward, as F.dropout does
+
+
+def cpu_dropout_keep_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]:
+    """A dropout mask drawn 16 bits per element: True (keep) with probability 1 - p', where p' is p rounded to a
+    multiple of 2⁻¹⁶ (|p' - p| ≤ 2⁻¹⁷), and the scale 1 / (1 - p') that keeps the expected value exact.
+
+    Each 64-bit draw of the default CPU generator (seeded by `torch.manual_seed`, saved in checkpoints,
+    replayed by gradient checkpointing) holds four independent uniform 16-bit integers.
+    """
+    dropped = round(p * 65536)  # how many of the 65,536 16-bit values mean "drop"
+    count = math.prod(shape)
+    draws = torch.empty((count + 3) // 4, dtype=torch.int64).random_(torch.iinfo(torch.int64).min, None)  # all 64 bits
+    bits = draws.view(torch.int16)[:count]  # uniform over [-32768, 32767]
+    keep = (bits >= dropped - 32768).view(shape)
+    return keep, 65536 / (65536 - dropped)
 
 
 def build_attention_mask(
@@ -451,7 +486,7 @@ class AttnMTFeedForward(nn.Module):
 
     def _position_wise(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = self.activation(self.fc1(hidden_states))
-        hidden_states = F.dropout(hidden_states, p=self.activation_dropout, training=self.training)
+        hidden_states = apply_dropout(hidden_states, p=self.activation_dropout, training=self.training)
         return self.fc2(hidden_states)
 
 
@@ -499,7 +534,7 @@ class AttnMTEncoderLayer(GradientCheckpointingLayer):
         if self.normalize_before:
             hidden_states = self.self_attn_layer_norm(hidden_states)
         hidden_states, attention_weights = self.self_attn(hidden_states, attention_mask=attention_mask)
-        hidden_states = residual + F.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = residual + apply_dropout(hidden_states, p=self.dropout, training=self.training)
         if not self.normalize_before:
             hidden_states = self.self_attn_layer_norm(hidden_states)
 
@@ -507,7 +542,7 @@ class AttnMTEncoderLayer(GradientCheckpointingLayer):
         if self.normalize_before:
             hidden_states = self.final_layer_norm(hidden_states)
         hidden_states = self.ffn(hidden_states, token_index)
-        hidden_states = residual + F.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = residual + apply_dropout(hidden_states, p=self.dropout, training=self.training)
         if not self.normalize_before:
             hidden_states = self.final_layer_norm(hidden_states)
         return hidden_states, attention_weights
@@ -533,7 +568,7 @@ class AttnMTDecoderLayer(GradientCheckpointingLayer):
         if self.normalize_before:
             hidden_states = norm(hidden_states)
         hidden_states, weights = sublayer(hidden_states)
-        hidden_states = residual + F.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = residual + apply_dropout(hidden_states, p=self.dropout, training=self.training)
         if not self.normalize_before:
             hidden_states = norm(hidden_states)
         return hidden_states, weights
@@ -635,7 +670,7 @@ class AttnMTEncoder(nn.Module):
         B, S, _ = inputs_embeds.shape
         positions = _positions(0, S, self.config.max_position_embeddings, inputs_embeds.device, "source")
         hidden_states = inputs_embeds + self.embed_positions(positions).to(inputs_embeds.dtype)
-        hidden_states = F.dropout(hidden_states, p=self.config.dropout, training=self.training)
+        hidden_states = apply_dropout(hidden_states, p=self.config.dropout, training=self.training)
 
         mask = build_attention_mask(attention_mask, S, S, hidden_states.dtype)  # (B, 1, 1, S) or None
         # Training: the feed-forward blocks skip padded positions (masked out of every attention, so their
@@ -709,7 +744,7 @@ class AttnMTDecoder(nn.Module):
         past_length = cache.get_seq_length() if cache is not None else 0  # P
         positions = _positions(past_length, T, self.config.max_position_embeddings, inputs_embeds.device, "target")
         hidden_states = inputs_embeds + self.embed_positions(positions).to(inputs_embeds.dtype)
-        hidden_states = F.dropout(hidden_states, p=self.config.dropout, training=self.training)
+        hidden_states = apply_dropout(hidden_states, p=self.config.dropout, training=self.training)
 
         dtype = hidden_states.dtype
         if self.config._attn_implementation == "sdpa" and attention_mask is None and past_length == 0:
