@@ -343,3 +343,61 @@ def test_forward_signature_is_computed_once_and_lists_the_arguments():
     assert parameters[:3] == ["input_ids", "attention_mask", "decoder_input_ids"]
     assert "cache" in parameters and "labels" in parameters and "cache_position" not in parameters
     assert inspect.signature(AttnMTForConditionalGeneration.forward) is AttnMTForConditionalGeneration.forward.__signature__
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_prepare_inputs_for_generation_gives_what_the_generic_version_gives(trained_model, source_batch, num_beams,
+                                                                            monkeypatch):
+    """The model's own `prepare_inputs_for_generation` (a lean one for an encoder-decoder) hands forward the same
+    arguments as transformers' generic version, at the first step and at a later one, and generation is equal."""
+    from transformers.generation.utils import GenerationMixin
+
+    seen = []
+    ours = type(trained_model).prepare_inputs_for_generation
+    monkeypatch.setattr(type(trained_model), "prepare_inputs_for_generation",
+                        lambda self, input_ids, **kwargs: seen.append((input_ids, dict(kwargs))) or ours(self, input_ids, **kwargs))
+    with_ours = trained_model.generate(**source_batch, num_beams=num_beams, max_length=MAX_LENGTH)
+    assert len(seen) > 3
+    for input_ids, kwargs in (seen[0], seen[3]):
+        mine = ours(trained_model, input_ids, **kwargs)
+        generic = GenerationMixin.prepare_inputs_for_generation(trained_model, input_ids, **kwargs)
+        assert mine.keys() == generic.keys()
+        for key, value in generic.items():
+            assert torch.equal(mine[key], value) if isinstance(value, torch.Tensor) else mine[key] is value, key
+    assert seen[3][1]["next_sequence_length"] == 1 and ours(trained_model, *seen[3][:1], **seen[3][1])["decoder_input_ids"].shape[1] == 1
+    monkeypatch.setattr(type(trained_model), "prepare_inputs_for_generation", GenerationMixin.prepare_inputs_for_generation)
+    assert torch.equal(with_ours, trained_model.generate(**source_batch, num_beams=num_beams, max_length=MAX_LENGTH))
+
+
+def test_prepare_inputs_for_generation_forwards_extra_arguments_but_not_labels(trained_model, source_batch):
+    ids = torch.tensor([[2, 5, 7]])
+    decoder_mask = torch.ones(1, 3, dtype=torch.long)
+    inputs = trained_model.prepare_inputs_for_generation(
+        ids, next_sequence_length=None, attention_mask=source_batch["attention_mask"][:1], use_cache=False,
+        decoder_attention_mask=decoder_mask, labels=ids, output_attentions=True,
+    )
+    assert set(inputs) == {"decoder_input_ids", "attention_mask", "use_cache", "decoder_attention_mask", "output_attentions"}
+    assert inputs["decoder_attention_mask"] is decoder_mask and torch.equal(inputs["decoder_input_ids"], ids)
+
+
+def test_cross_attention_mask_is_built_once_per_generate_and_rebuilt_for_another_mask(trained_model, source_batch,
+                                                                                      monkeypatch):
+    import modeling.modeling_attnmt as modeling_attnmt
+
+    built = []
+    real = modeling_attnmt.build_attention_mask
+    monkeypatch.setattr(modeling_attnmt, "build_attention_mask",
+                        lambda padding, *args, **kwargs: built.append(padding) or real(padding, *args, **kwargs))
+    output = trained_model.generate(**source_batch, num_beams=1, max_new_tokens=6, min_new_tokens=6,
+                                    return_dict_in_generate=True)
+    source_masks = [mask for mask in built if mask is not None]
+    assert len(source_masks) == 2  # the encoder's and the cross-attention's, once for all 6 steps
+    # The same cache with another source mask (here: no padding on the first row) gets that mask, not the saved one.
+    decoder = trained_model.model.decoder
+    cache = output.cache
+    mask = cache._attnmt_cross_attention_mask[2]
+    other = source_batch["attention_mask"].clone()
+    other[0] = 1
+    rebuilt = decoder._cross_attention_mask(other, other.shape[1], mask.dtype, cache)
+    assert rebuilt is not mask and torch.equal(rebuilt, real(other, 1, other.shape[1], mask.dtype))
+    assert decoder._cross_attention_mask(other, other.shape[1], mask.dtype, cache) is rebuilt
