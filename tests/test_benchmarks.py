@@ -43,3 +43,14 @@ def test_speed_benchmark_smoke(tmp_path):
         key = {"training tokens/s": "train_tokens_per_s", "greedy sentences/s": "greedy_sentences_per_s",
                "beam-5 sentences/s": "beam_sentences_per_s", "peak training memory": "peak_train_memory"}[figure]
         assert f"{comparison[key]['ratio']:.3f}" in line
+
+
+def test_decoding_step_overhead_smoke():
+    command = [sys.executable, "benchmarks/decoding_step_overhead.py", "--repeats", "2", "--max_new_tokens", "4",
+               "--layers", "1", "--no_preset"]
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    line = next(line for line in run.stdout.splitlines() if line.startswith("ms per greedy step"))
+    ours, marian = (float(line.split(name)[1].split(",")[0].split(";")[0]) for name in ("AttnMT ", "Marian "))
+    ratio = float(line.split("(speed) ")[1].split(" ")[0])
+    assert ours > 0 and marian > 0 and ratio > 0
