@@ -28,6 +28,7 @@ RECORDED_RUNS = {
     "run 11: run 4 + 11 bidirectional epochs (preset)": "benchmarks/results/multi30k_en_de_run11_bidirectional.json",
     "run 12: run 11 for 12,000 updates": "benchmarks/results/multi30k_en_de_run12_12k_bidirectional.json",
     "run 13: run 11 + R-Drop, half batches": "benchmarks/results/multi30k_en_de_run13_rdrop_stopped.json",
+    "run 14: run 11 with 20 bidirectional epochs": "benchmarks/results/multi30k_en_de_run14_bidirectional20.json",
 }
 RECORDED_PLOT = "docs/multi30k_validation_curves.png"
 
