@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
     if args.test_split:
         weights = best_weights if winner == "best single" else \
             average_checkpoints([args.run_dir / "checkpoints" / name for name in candidates[winner]["checkpoints"]])
-        test = load_corpus(spec, args.test_split)
+        test = load_corpus(spec, args.test_split, config.get("max_test_samples"))
         results["test_split"] = args.test_split
         results["winner_test"] = score(f"{winner} on {args.test_split}", weights, split=test)
     if args.json:

@@ -528,3 +528,32 @@ def test_local_dataset_folder_through_load_dataset_with_bf16(tmp_path):
     assert results["config"]["mixed_precision"] == "bf16"
     with pytest.raises(ValueError, match="has splits .* not 'dev'"):
         train.main(common + ["--output_dir", str(tmp_path / "bad"), "--validation_split", "dev"])
+
+
+def test_checkpoint_averaging_windows_reproduces_the_run_and_selects_on_validation(trained_run, tmp_path):
+    """benchmarks/checkpoint_averaging_windows.py: best/ scores what the run recorded, each window averages the
+    last k checkpoints, and only the validation winner is translated on test."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import checkpoint_averaging_windows
+
+    output_dir, _ = trained_run
+    out = tmp_path / "windows.json"
+    results = checkpoint_averaging_windows.main([str(output_dir), "--windows", "2", "--test_split",
+                                                 "test_2016_flickr", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    saved = json.loads((output_dir / "all_results.json").read_text())
+    best = results["candidates"]["best single"]
+    assert best["bleu"] == pytest.approx(saved["selection"]["best_validation_bleu"], abs=1e-9)
+    # Eight updates leave BLEU at 0, so chrF (> 0) is what shows the decoding is the run's own.
+    assert best["chrf"] > 0 and best["chrf"] == pytest.approx(saved["validation"]["chrf"], abs=1e-9)
+    assert results["candidates"]["average of last 2"]["checkpoints"] == ["step_0000004", "step_0000008"]
+    scores = {name: row["bleu"] for name, row in results["candidates"].items()}
+    assert results["winner"] == max(scores, key=scores.get)
+    # The tiny preset exports best/ (no averaging); when best/ also wins here, test must match the run's test.
+    assert saved["selection"]["selected"] == "best"
+    if results["winner"] == "best single":
+        assert results["winner_test"]["chrf"] == pytest.approx(saved["test"]["chrf"], abs=1e-9)
+    else:
+        assert results["winner_test"]["chrf"] > 0
+    with pytest.raises(SystemExit, match="keeps 2 checkpoints"):
+        checkpoint_averaging_windows.main([str(output_dir), "--windows", "3"])
