@@ -10,6 +10,8 @@ optional push to the Hub). The output folder holds `checkpoints/`, `best/`, `mod
 `all_results.json`, `train_config.yaml` and the tracker logs.
 """
 
+import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -82,17 +84,28 @@ def load_splits(config: TrainingConfig) -> dict[str, datasets.Dataset]:
     for role, limit in limits.items():
         if limit and role in splits:
             splits[role] = splits[role].select(range(min(limit, len(splits[role]))))
+    # Other languages of a multi-way training split, into the target language (extra_source_langs).
+    splits["extra_train"] = {}
+    for lang in config.extra_sources():
+        extra_spec = dataclasses.replace(spec, source_lang=lang)
+        dataset = drop_blank_pairs(load_split(extra_spec, "train" if file_layout else config.train_split),
+                                   f"train ({lang}->{config.target_lang})")
+        if config.max_train_samples:
+            dataset = dataset.select(range(min(config.max_train_samples, len(dataset))))
+        splits["extra_train"][lang] = dataset
     return splits
 
 
-def build_tokenizer(config: TrainingConfig, train: datasets.Dataset, accelerator: Accelerator):
+def build_tokenizer(config: TrainingConfig, splits: dict, accelerator: Accelerator):
     """The checkpoint's own tokenizer when fine-tuning; otherwise a joint subword tokenizer trained on the
-    training split (by the main process, saved, then loaded by every process)."""
+    training split, every language it trains on (by the main process, saved, then loaded by every process)."""
     if config.model_name_or_path:
         return AutoTokenizer.from_pretrained(config.model_name_or_path, trust_remote_code=True)
     folder = Path(config.output_dir) / "tokenizer"
     if accelerator.is_main_process and not (folder / "tokenizer.json").is_file():
-        texts = (text for column in ("source", "target") for text in train[column])
+        train, extra = splits["train"], splits.get("extra_train", {})
+        texts = itertools.chain((text for column in ("source", "target") for text in train[column]),
+                                (text for dataset in extra.values() for text in dataset["source"]))
         tokenizer = train_tokenizer(texts, vocab_size=config.vocab_size, model=config.tokenizer_type,
                                     model_max_length=max(config.max_source_length, config.max_target_length))
         tokenizer.save_pretrained(folder)
@@ -127,22 +140,23 @@ def build_model(config: TrainingConfig, tokenizer) -> transformers.PreTrainedMod
 
 
 def tokenize(dataset: datasets.Dataset, tokenizer, config: TrainingConfig, split: str,
-             accelerator: Accelerator, keep_text: bool = False) -> datasets.Dataset:
+             accelerator: Accelerator, keep_text: bool = False, description: str | None = None) -> datasets.Dataset:
     """Token ids for source and labels (plus the "source"/"target" texts with `keep_text`). Training pairs
     that are too long are dropped and counted (truncating them would teach the model to stop mid-sentence)."""
+    description = description or split
     def encode(batch):
         encoded = tokenizer(batch["source"], text_target=batch["target"])
         return {"input_ids": encoded["input_ids"], "labels": encoded["labels"]}
 
     with accelerator.main_process_first():
         drop = [c for c in dataset.column_names if not (keep_text and c in ("source", "target"))]
-        encoded = dataset.map(encode, batched=True, remove_columns=drop, desc=f"tokenizing {split}")
+        encoded = dataset.map(encode, batched=True, remove_columns=drop, desc=f"tokenizing {description}")
     if split == "train":
         keep = [len(s) <= config.max_source_length and len(t) <= config.max_target_length
                 for s, t in zip(encoded["input_ids"], encoded["labels"])]
         dropped = len(keep) - sum(keep)
         if dropped:
-            logger.warning(f"train: dropped {dropped} of {len(keep)} pairs longer than max_source_length="
+            logger.warning(f"{description}: dropped {dropped} of {len(keep)} pairs longer than max_source_length="
                            f"{config.max_source_length} / max_target_length={config.max_target_length} tokens")
         encoded = encoded.select([i for i, k in enumerate(keep) if k])
         if len(encoded) == 0:
@@ -169,8 +183,12 @@ def build_dataloaders(config, tokenizer, model, splits, accelerator):
         # The first epochs also train target->source on the same pairs (mt/bidirectional.py); the training loop
         # switches the set to source->target only when they are over.
         check_tokenizer_encodes_both_sides_alike(tokenizer, splits["train"][:2]["source"] + splits["train"][:2]["target"])
+        extra = [tokenize(dataset, tokenizer, config, "train", accelerator, description=f"train {lang}->{config.target_lang}")
+                 for lang, dataset in splits.get("extra_train", {}).items()]
         train = BidirectionalTrainSet(train["input_ids"], train["labels"], config.max_source_length,
-                                      config.max_target_length, bidirectional=True)
+                                      config.max_target_length, bidirectional=True,
+                                      extra_input_ids=[ids for e in extra for ids in e["input_ids"]],
+                                      extra_labels=[ids for e in extra for ids in e["labels"]])
         train_lengths = train.lengths()
     train_sampler = LengthGroupedBatchSampler(*train_lengths, max_sentences=config.per_device_train_batch_size,
                                               max_tokens=config.max_tokens_per_batch, shuffle=True, seed=config.seed)
@@ -344,7 +362,9 @@ def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
     every = int(config.checkpointing_steps) if str(config.checkpointing_steps).isdigit() else None
     bidirectional_note = (f" (the first {config.bidirectional_epochs} in both directions: {bidirectional_updates} "
                           "updates each)" if bidirectional_updates else "")
-    logger.info(f"{len(splits['train'])} training pairs, {len(train_loader)} batches/epoch/process, "
+    extra_pairs = "".join(f" + {len(d)} {lang}->{config.target_lang}"
+                          for lang, d in splits.get("extra_train", {}).items())
+    logger.info(f"{len(splits['train'])}{extra_pairs} training pairs, {len(train_loader)} batches/epoch/process, "
                 f"{updates_per_epoch} updates/epoch, {max_steps} updates over {num_epochs} epochs{bidirectional_note}, "
                 f"{accelerator.num_processes} process(es) on {accelerator.device}")
     progress = tqdm(total=max_steps, initial=state["completed_steps"], desc="training",
@@ -390,7 +410,8 @@ def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
             both_directions = state["epoch"] < config.bidirectional_epochs
             if both_directions != train_set.bidirectional:
                 train_sampler.set_lengths(*train_set.set_bidirectional(both_directions))
-            logger.info(f"epoch {state['epoch'] + 1}: " + ("both directions" if both_directions else
+            extra = "".join(f" + {lang}->{config.target_lang}" for lang in config.extra_sources())
+            logger.info(f"epoch {state['epoch'] + 1}: " + (f"both directions{extra}" if both_directions else
                         f"{config.source_lang}->{config.target_lang} only") + f", {len(train_sampler)} batches")
         train_sampler.set_epoch(state["epoch"])
         # accelerate's loader also sets its sampler's epoch, to the number of times it has been iterated, which a
@@ -499,6 +520,7 @@ def finalize(config, state, tokenizer, splits, accelerator, metrics, started: fl
         completed_steps=state["completed_steps"],
         num_parameters=sum(p.numel() for p in model.parameters()),
         num_train_pairs=len(splits["train"]),
+        num_extra_source_pairs={lang: len(d) for lang, d in splits.get("extra_train", {}).items()},
         hardware=describe_hardware(accelerator),
         config=config.to_dict(),
         history=state["history"],
@@ -582,7 +604,7 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.init_trackers("attnmt", config={k: v for k, v in config.to_dict().items() if v is not None})
 
     splits = load_splits(config)
-    tokenizer = build_tokenizer(config, splits["train"], accelerator)
+    tokenizer = build_tokenizer(config, splits, accelerator)
     model = build_model(config, tokenizer)
     metrics = load_metrics()
     state = train(config, model, tokenizer, splits, accelerator, metrics)

@@ -10,6 +10,11 @@ sentence's language tells the model which way to translate.
 
 With a tokenizer that encodes source and target alike (train.py's joint tokenizer: the same end-of-sentence
 template on both sides), a reversed pair is exactly the forward pair's two id lists swapped.
+
+A multi-way corpus (Multi30k has French and Czech translations of the same training sentences) can add
+more pairs to these epochs: other languages into the target language (`extra_source_langs` in train.py), so
+the decoder learns the target language from more sources before the source->target epochs. They go into
+the target language only: with no language tag, a German source must always mean English output.
 """
 
 import logging
@@ -22,19 +27,24 @@ logger = logging.getLogger(__name__)
 class BidirectionalTrainSet(torch.utils.data.Dataset):
     """Training pairs as token ids, served forward only or forward plus reversed (`set_bidirectional`).
 
-    Indices 0..N-1 are the forward pairs in their original order; in bidirectional mode indices N.. are the
-    reversed pairs that fit the length limits (a German source may be longer than max_source_length).
+    Indices 0..N-1 are the forward pairs in their original order; in bidirectional mode indices N..N+R-1 are
+    the R reversed pairs that fit the length limits (a German source may be longer than max_source_length),
+    then the E extra pairs, if any.
 
     Args:
         input_ids, labels: token ids of the N forward pairs (source, target).
         max_source_length, max_target_length: per-side limits in tokens, applied to the reversed pairs.
         bidirectional: the mode to start in.
+        extra_input_ids, extra_labels: token ids of pairs served in bidirectional mode only, as they are (other
+            source languages into the target language; already within the length limits).
     """
 
     def __init__(self, input_ids: list[list[int]], labels: list[list[int]], max_source_length: int,
-                 max_target_length: int, bidirectional: bool = True):
-        if len(input_ids) != len(labels):
+                 max_target_length: int, bidirectional: bool = True,
+                 extra_input_ids: list[list[int]] = (), extra_labels: list[list[int]] = ()):
+        if len(input_ids) != len(labels) or len(extra_input_ids) != len(extra_labels):
             raise ValueError("input_ids and labels must have one entry per training pair.")
+        self.extra_input_ids, self.extra_labels = list(extra_input_ids), list(extra_labels)
         self.input_ids, self.labels = list(input_ids), list(labels)
         fits = [i for i, (source, target) in enumerate(zip(self.input_ids, self.labels))
                 if len(target) <= max_source_length and len(source) <= max_target_length]
@@ -54,12 +64,12 @@ class BidirectionalTrainSet(torch.utils.data.Dataset):
         sources = [len(x) for x in self.input_ids]
         targets = [len(x) for x in self.labels]
         if self.bidirectional:
-            sources, targets = (sources + [targets[i] for i in self.reversed_index],
-                                targets + [sources[i] for i in self.reversed_index])
+            sources, targets = (sources + [targets[i] for i in self.reversed_index] + [len(x) for x in self.extra_input_ids],
+                                targets + [sources[i] for i in self.reversed_index] + [len(x) for x in self.extra_labels])
         return sources, targets
 
     def __len__(self) -> int:
-        return len(self.input_ids) + (len(self.reversed_index) if self.bidirectional else 0)
+        return len(self.input_ids) + (len(self.reversed_index) + len(self.extra_input_ids) if self.bidirectional else 0)
 
     def __getitem__(self, index: int) -> dict[str, list[int]]:
         forward = len(self.input_ids)
@@ -67,8 +77,13 @@ class BidirectionalTrainSet(torch.utils.data.Dataset):
             return {"input_ids": self.input_ids[index], "labels": self.labels[index]}
         if not self.bidirectional:
             raise IndexError(f"index {index} out of range for {forward} forward-only pairs")
-        pair = self.reversed_index[index - forward]
-        return {"input_ids": self.labels[pair], "labels": self.input_ids[pair]}
+        if index < forward + len(self.reversed_index):
+            pair = self.reversed_index[index - forward]
+            return {"input_ids": self.labels[pair], "labels": self.input_ids[pair]}
+        extra = index - forward - len(self.reversed_index)
+        if extra >= len(self.extra_input_ids):
+            raise IndexError(f"index {index} out of range for {len(self)} pairs")
+        return {"input_ids": self.extra_input_ids[extra], "labels": self.extra_labels[extra]}
 
 
 def check_tokenizer_encodes_both_sides_alike(tokenizer, sentences: list[str]) -> None:

@@ -35,6 +35,7 @@ class TrainingConfig:
     vocab_size: int = field(default=8000, metadata={"help": "Joint vocabulary size when training the tokenizer."})
     bpe_dropout: float = field(default=0.0, metadata={"help": "BPE-dropout on the training pairs: each merge is skipped with this probability, a new segmentation every epoch (0 = off)."})
     bidirectional_epochs: int = field(default=0, metadata={"help": "Train the first N epochs on the pairs in both directions (source->target and target->source, one joint vocabulary), then source->target only (0 = off)."})
+    extra_source_langs: str | None = field(default=None, metadata={"help": "Comma-separated languages (e.g. fr,cs) of a multi-way corpus such as Multi30k: their sentences in the training split also train into target_lang during the bidirectional epochs, next to the reversed pairs; the tokenizer learns them too."})
     # --- data ----------------------------------------------------------------------------------
     dataset_name: str | None = field(default=None, metadata={"help": "Hub id or local dataset folder (datasets.load_dataset)."})
     dataset_config_name: str | None = None
@@ -133,6 +134,16 @@ class TrainingConfig:
             fail(f"bidirectional_epochs must be >= 0, got {self.bidirectional_epochs}.")
         if self.bidirectional_epochs > 0 and self.bpe_dropout > 0:
             fail("bidirectional_epochs and bpe_dropout cannot be combined yet; set one of them to 0.")
+        extra = self.extra_sources()
+        if self.extra_source_langs is not None and not extra:
+            fail(f"extra_source_langs={self.extra_source_langs!r} names no language; use e.g. fr,cs or leave it unset.")
+        if extra:
+            if len(set(extra)) != len(extra) or {self.source_lang, self.target_lang} & set(extra):
+                fail(f"extra_source_langs={self.extra_source_langs!r} must name distinct languages other than "
+                     f"source_lang ({self.source_lang}) and target_lang ({self.target_lang}).")
+            if self.bidirectional_epochs == 0:
+                fail("extra_source_langs trains during the bidirectional epochs (then source->target only); set "
+                     "bidirectional_epochs > 0, e.g. 5.")
         if not 0.0 <= self.label_smoothing < 1.0:
             fail(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}.")
         if self.rdrop_alpha < 0:
@@ -143,6 +154,10 @@ class TrainingConfig:
             fail(f"average_last_checkpoints={self.average_last_checkpoints} needs keep_last_checkpoints >= it.")
         if self.push_to_hub and not self.hub_model_id:
             fail("push_to_hub needs hub_model_id (e.g. your-name/attnmt-multi30k-en-de).")
+
+    def extra_sources(self) -> list[str]:
+        """The languages of extra_source_langs as a list ([] when unset)."""
+        return [lang.strip() for lang in (self.extra_source_langs or "").split(",") if lang.strip()]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -75,7 +75,8 @@ def render_model_card(model, config, results: dict, model_id: str | None = None)
     directions = f"{src}→{tgt}"
     if config.bidirectional_epochs:
         epochs = f"{config.bidirectional_epochs} epoch" + ("s" if config.bidirectional_epochs > 1 else "")
-        directions = (f"{src}→{tgt} and {tgt}→{src} for the first {epochs} (bidirectional training, Ding et al. "
+        extra = "".join(f", {lang}→{tgt}" for lang in config.extra_sources())
+        directions = (f"{src}→{tgt} and {tgt}→{src}{extra} for the first {epochs} (bidirectional training, Ding et al. "
                       f"2021), then {src}→{tgt} only")
     example = results.get("example", {})
     values = {

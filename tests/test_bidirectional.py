@@ -103,3 +103,33 @@ def test_epoch_based_runs_count_the_longer_bidirectional_epochs():
     data.set_bidirectional(True)
     sampler.set_lengths(*data.lengths())
     assert train.plan_updates(config, loader, sampler, data, num_processes=1) == (3, 5, 12, 3)
+
+
+def test_extra_source_pairs_follow_the_reversed_pairs_in_bidirectional_mode_only(joint, pairs):
+    """Pairs from other source languages (a multi-way corpus) are served after the reversed pairs, as they are,
+    and only while the set is bidirectional."""
+    sources, targets = pairs
+    encoded = joint(sources, text_target=targets)
+    french = read_lines("train", "fr", 20)
+    extra = joint(french, text_target=targets[:20])
+    data = BidirectionalTrainSet(encoded["input_ids"], encoded["labels"], 128, 128, bidirectional=True,
+                                 extra_input_ids=extra["input_ids"], extra_labels=extra["labels"])
+    assert len(data) == 2 * PAIRS + 20
+    assert data[2 * PAIRS] == {"input_ids": extra["input_ids"][0], "labels": extra["labels"][0]}
+    assert data[2 * PAIRS + 19] == {"input_ids": extra["input_ids"][19], "labels": extra["labels"][19]}
+    assert data[PAIRS + 3]["labels"] == encoded["input_ids"][3]  # the reversed pairs keep their indices
+    assert joint.decode(data[2 * PAIRS + 5]["input_ids"], skip_special_tokens=True) == french[5]
+    with pytest.raises(IndexError, match="out of range"):
+        data[2 * PAIRS + 20]
+    source_lengths, target_lengths = data.lengths()
+    assert source_lengths[2 * PAIRS:] == [len(x) for x in extra["input_ids"]]
+    assert target_lengths[2 * PAIRS:] == [len(x) for x in extra["labels"]]
+    assert len(source_lengths) == len(target_lengths) == len(data)
+
+    data.set_bidirectional(False)
+    assert len(data) == PAIRS and len(data.lengths()[0]) == PAIRS
+    with pytest.raises(IndexError, match="forward-only"):
+        data[2 * PAIRS]
+    with pytest.raises(ValueError, match="one entry per training pair"):
+        BidirectionalTrainSet(encoded["input_ids"], encoded["labels"], 128, 128, extra_input_ids=extra["input_ids"],
+                              extra_labels=extra["labels"][:3])

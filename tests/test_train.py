@@ -451,6 +451,58 @@ def test_bidirectional_epochs_then_one_direction_and_exact_resume(tmp_path, monk
         load_config(TINY + ["--bidirectional_epochs", "-1"])
 
 
+def test_extra_source_languages_train_into_the_target_during_the_bidirectional_epochs(tmp_path, monkeypatch, caplog):
+    """--extra_source_langs fr,cs on 40 pairs: the bidirectional epoch serves 40 en->de, 40 de->en, 40 fr->de and
+    40 cs->de examples, each once; the later epochs serve en->de only. The tokenizer learns the extra languages
+    (Czech letters are not <unk>), and the results and model card name the directions."""
+    served = []
+    real_getitem = train.BidirectionalTrainSet.__getitem__
+
+    def getitem(self, index):
+        served.append(index)
+        return real_getitem(self, index)
+
+    monkeypatch.setattr(train.BidirectionalTrainSet, "__getitem__", getitem)
+    flags = TINY + ["--bidirectional_epochs", "1", "--extra_source_langs", "fr,cs", "--max_train_samples", "40",
+                    "--test_split", "", "--max_train_steps", "14"]
+    output_dir = tmp_path / "multi_source"
+    with caplog.at_level("INFO"):
+        results = train.main(flags + ["--output_dir", str(output_dir)])
+    assert "40 + 40 fr->de + 40 cs->de training pairs" in caplog.text
+    assert "epoch 1: both directions + fr->de + cs->de, 10 batches" in caplog.text
+    assert "epoch 2: en->de only, 3 batches" in caplog.text
+    assert sorted(served[:160]) == list(range(160))  # epoch 1: every example of the four kinds once
+    assert served[160:] and max(served[160:]) < 40  # then en->de only
+    assert results["num_extra_source_pairs"] == {"fr": 40, "cs": 40}
+
+    tokenizer = train.AutoTokenizer.from_pretrained(output_dir / "tokenizer")
+    czech = read_corpus_line("train", "cs", 0)
+    assert tokenizer.unk_token_id not in tokenizer(czech)["input_ids"]
+    assert tokenizer.decode(tokenizer(czech)["input_ids"], skip_special_tokens=True) == czech
+    card = (output_dir / "model" / "README.md").read_text()
+    assert "| directions | en→de and de→en, fr→de, cs→de for the first 1 epoch (bidirectional training" in card
+
+    with pytest.raises(ValueError, match="set bidirectional_epochs > 0"):
+        load_config(TINY + ["--extra_source_langs", "fr"])
+    with pytest.raises(ValueError, match="distinct languages other than source_lang"):
+        load_config(TINY + ["--bidirectional_epochs", "1", "--extra_source_langs", "fr,de"])
+    with pytest.raises(ValueError, match="distinct languages"):
+        load_config(TINY + ["--bidirectional_epochs", "1", "--extra_source_langs", "fr, fr"])
+    with pytest.raises(ValueError, match="names no language"):
+        load_config(TINY + ["--bidirectional_epochs", "1", "--extra_source_langs", " , "])
+    with pytest.raises(FileNotFoundError, match=r"No file train\.xx"):
+        train.main(TINY + ["--bidirectional_epochs", "1", "--extra_source_langs", "xx", "--output_dir",
+                           str(tmp_path / "missing")])
+
+
+def read_corpus_line(split: str, lang: str, index: int) -> str:
+    with gzip.open(MULTI30K / f"{split}.{lang}.gz", "rt", encoding="utf-8") as lines:
+        for i, line in enumerate(lines):
+            if i == index:
+                return line.strip()
+    raise IndexError(index)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Model selection, early stopping, averaging, tracking, datasets folders, bf16
 # ---------------------------------------------------------------------------------------------------
