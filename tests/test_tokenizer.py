@@ -58,3 +58,22 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_a_clear_error(joint_token
     check_tokenizer_matches_config(joint_tokenizer, tiny_config(vocab_size=2000))
     with pytest.raises(ValueError, match="tokenizer has 2000 tokens but config.vocab_size=1000"):
         check_tokenizer_matches_config(joint_tokenizer, tiny_config(vocab_size=1000))
+
+
+def test_tokenizer_granularity_benchmark_counts_tokens_and_unknowns():
+    """benchmarks/tokenizer_granularity.py: a tokenizer that never saw Czech maps some Czech letters to <unk>;
+    one that learns Czech too has none, and its counts are the tokenizer's own."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import tokenizer_granularity
+
+    without, with_czech = (tokenizer_granularity.main(["--train_langs", langs, "--measure_langs", "en,cs",
+                                                       "--vocab_sizes", "2000", "--sentences", "200"])[0]
+                           for langs in ("en,de", "en,de,cs"))
+    assert without["unk_per_sentence"]["cs"] > 0.5 and with_czech["unk_per_sentence"]["cs"] == 0
+    assert without["unk_per_sentence"]["en"] == 0 == with_czech["unk_per_sentence"]["en"]
+    # Czech cut by an en+de vocabulary takes many more pieces than by one that learnt it.
+    assert without["tokens_per_sentence"]["cs"] > 1.3 * with_czech["tokens_per_sentence"]["cs"]
+    assert 5 < with_czech["tokens_per_sentence"]["en"] < 40
