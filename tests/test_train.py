@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
+from conftest import read_lines
 from mt.config import load_config
 from mt.data import CorpusSpec, drop_blank_pairs, load_split
 
@@ -476,7 +477,7 @@ def test_extra_source_languages_train_into_the_target_during_the_bidirectional_e
     assert results["num_extra_source_pairs"] == {"fr": 40, "cs": 40}
 
     tokenizer = train.AutoTokenizer.from_pretrained(output_dir / "tokenizer")
-    czech = read_corpus_line("train", "cs", 0)
+    (czech,) = read_lines("train", "cs", 1)
     assert tokenizer.unk_token_id not in tokenizer(czech)["input_ids"]
     assert tokenizer.decode(tokenizer(czech)["input_ids"], skip_special_tokens=True) == czech
     card = (output_dir / "model" / "README.md").read_text()
@@ -493,14 +494,6 @@ def test_extra_source_languages_train_into_the_target_during_the_bidirectional_e
     with pytest.raises(FileNotFoundError, match=r"No file train\.xx"):
         train.main(TINY + ["--bidirectional_epochs", "1", "--extra_source_langs", "xx", "--output_dir",
                            str(tmp_path / "missing")])
-
-
-def read_corpus_line(split: str, lang: str, index: int) -> str:
-    with gzip.open(MULTI30K / f"{split}.{lang}.gz", "rt", encoding="utf-8") as lines:
-        for i, line in enumerate(lines):
-            if i == index:
-                return line.strip()
-    raise IndexError(index)
 
 
 # ---------------------------------------------------------------------------------------------------
