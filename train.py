@@ -46,7 +46,7 @@ from mt.export import export_model
 from mt.model_card import render_model_card
 from mt.rdrop import rdrop_loss
 from mt.scoring import load_metrics, score_translations, translate
-from mt.tokenizer import SPECIAL_TOKEN_IDS, check_tokenizer_matches_config, train_tokenizer
+from mt.tokenizer import SPECIAL_TOKEN_IDS, check_tokenizer_matches_config, train_tokenizer, unknown_token_share
 from mt.training_curves import STATE_FILE, load_history, plot_training_curves
 
 logger = get_logger(__name__)
@@ -70,7 +70,9 @@ def corpus_spec(config: TrainingConfig) -> CorpusSpec:
     )
 
 
-def load_splits(config: TrainingConfig) -> dict[str, datasets.Dataset]:
+def load_splits(config: TrainingConfig) -> dict:
+    """{"train", "validation", "test": Dataset of "source"/"target" pairs (those the config names), and
+    "extra_train": {language: Dataset of that language -> target pairs} for extra_source_langs (may be empty)}."""
     spec = corpus_spec(config)
     file_layout = spec.dataset_name is None and spec.data_dir is None
     names = {"train": config.train_split, "validation": config.validation_split, "test": config.test_split}
@@ -112,6 +114,25 @@ def build_tokenizer(config: TrainingConfig, splits: dict, accelerator: Accelerat
         logger.info(f"trained a {config.tokenizer_type} tokenizer with {len(tokenizer)} tokens -> {folder}")
     accelerator.wait_for_everyone()
     return AutoTokenizer.from_pretrained(folder)
+
+
+UNKNOWN_TOKEN_WARNING_SHARE = 0.005  # above this share of <unk>, a tokenizer cannot spell the corpus
+
+
+def warn_if_tokenizer_cannot_spell(tokenizer, splits: dict, config: TrainingConfig, sample: int = 1000) -> dict:
+    """Log a warning for each training side whose first `sample` sentences the tokenizer maps more than
+    UNKNOWN_TOKEN_WARNING_SHARE of the tokens to <unk> (a checkpoint's tokenizer fine-tuned on new letters,
+    e.g. an en/de checkpoint with extra_source_langs cs). Returns the share per side."""
+    sides = {config.source_lang: splits["train"]["source"][:sample],
+             config.target_lang: splits["train"]["target"][:sample]}
+    sides.update({lang: dataset["source"][:sample] for lang, dataset in splits.get("extra_train", {}).items()})
+    shares = {lang: unknown_token_share(tokenizer, texts) for lang, texts in sides.items()}
+    for lang, share in shares.items():
+        if share > UNKNOWN_TOKEN_WARNING_SHARE:
+            logger.warning(f"the tokenizer maps {share:.1%} of the {lang} training tokens to {tokenizer.unk_token}: "
+                           f"the model cannot read or write those letters. Train from scratch (drop "
+                           f"model_name_or_path) so that a new tokenizer learns {lang}, or leave {lang} out.")
+    return shares
 
 
 def build_model(config: TrainingConfig, tokenizer) -> transformers.PreTrainedModel:
@@ -605,6 +626,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     splits = load_splits(config)
     tokenizer = build_tokenizer(config, splits, accelerator)
+    warn_if_tokenizer_cannot_spell(tokenizer, splits, config)
     model = build_model(config, tokenizer)
     metrics = load_metrics()
     state = train(config, model, tokenizer, splits, accelerator, metrics)

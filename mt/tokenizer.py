@@ -74,6 +74,14 @@ def _non_empty(texts: Iterable[str]) -> Iterator[str]:
             yield text
 
 
+def unknown_token_share(tokenizer, texts: list[str]) -> float:
+    """The share of `texts`' subword tokens (`</s>` not counted) that the tokenizer maps to `<unk>`: how much
+    of a corpus a tokenizer cannot spell, e.g. a checkpoint's en/de tokenizer on Czech text."""
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    total = sum(len(x) for x in ids)
+    return sum(x.count(tokenizer.unk_token_id) for x in ids) / total if total else 0.0
+
+
 def check_tokenizer_matches_config(tokenizer, config) -> None:
     """Raise a clear `ValueError` when the tokenizer's special-token ids or size disagree with the model's."""
     problems = []

@@ -496,6 +496,25 @@ def test_extra_source_languages_train_into_the_target_during_the_bidirectional_e
                            str(tmp_path / "missing")])
 
 
+def test_a_tokenizer_that_cannot_spell_a_training_language_is_warned_about(trained_run, caplog):
+    """Fine-tuning the tiny en/de checkpoint with Czech as an extra source: its tokenizer spells every en and de
+    training token (it learned them) but not Czech letters such as ř and ě, and the log says so and what to do."""
+    checkpoint = trained_run[0] / "model"
+    config = load_config(TINY + ["--model_name_or_path", str(checkpoint), "--model_config", "",
+                                 "--bidirectional_epochs", "1", "--extra_source_langs", "cs"])
+    splits = train.load_splits(config)
+    tokenizer = train.AutoTokenizer.from_pretrained(checkpoint)
+    with caplog.at_level("WARNING"):
+        shares = train.warn_if_tokenizer_cannot_spell(tokenizer, splits, config, sample=200)
+    assert shares["en"] == 0.0 and shares["de"] == 0.0
+    assert shares["cs"] > train.UNKNOWN_TOKEN_WARNING_SHARE
+    ids = tokenizer(splits["extra_train"]["cs"]["source"][:200], add_special_tokens=False)["input_ids"]
+    assert shares["cs"] == pytest.approx(sum(x.count(tokenizer.unk_token_id) for x in ids) / sum(map(len, ids)))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "of the cs training tokens to <unk>" in warnings[0]
+    assert "drop model_name_or_path" in warnings[0]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Model selection, early stopping, averaging, tracking, datasets folders, bf16
 # ---------------------------------------------------------------------------------------------------
