@@ -46,6 +46,7 @@ from mt.export import export_model
 from mt.model_card import render_model_card
 from mt.rdrop import rdrop_loss
 from mt.scoring import load_metrics, score_translations, translate
+from mt.token_dropout import apply_token_dropout
 from mt.tokenizer import SPECIAL_TOKEN_IDS, check_tokenizer_matches_config, train_tokenizer, unknown_token_share
 from mt.training_curves import STATE_FILE, load_history, plot_training_curves
 
@@ -419,6 +420,15 @@ def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
         patience = config.early_stopping_patience
         return patience is not None and state["evaluations_without_improvement"] >= patience
 
+    # Token dropout (mt/token_dropout.py) replaces input tokens with <unk>; the decoder starts from its own start id.
+    token_dropout = config.source_token_dropout > 0 or config.target_token_dropout > 0
+    special_ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
+                   "unk_token_id": tokenizer.unk_token_id,
+                   "bos_token_id": accelerator.unwrap_model(model).config.decoder_start_token_id}
+    if token_dropout and tokenizer.unk_token_id is None:
+        raise ValueError("source_token_dropout/target_token_dropout replace tokens with <unk>, but this tokenizer "
+                         "has no unk_token; set both to 0.")
+
     first_epoch = True
     # With max_train_steps the step count decides (BPE-dropout epochs vary by a few batches); otherwise epochs do.
     # A run resumed from its last checkpoint (a crash or a cut-off during the final evaluation) trains no further.
@@ -442,6 +452,9 @@ def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
         if state["batches_in_epoch"]:
             loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
         for batch in loader:
+            if token_dropout:
+                batch = apply_token_dropout(batch, config.source_token_dropout, config.target_token_dropout,
+                                            special_ids)
             with accelerator.accumulate(model):
                 if config.rdrop_alpha > 0:
                     loss = rdrop_loss(model, batch, config.rdrop_alpha)

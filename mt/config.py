@@ -70,6 +70,8 @@ class TrainingConfig:
     max_train_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimizer updates (overrides epochs)."})
     label_smoothing: float = 0.1
     rdrop_alpha: float = field(default=0.0, metadata={"help": "R-Drop: run each batch twice and penalise disagreement between the two passes' predictions by the KL weight alpha, as in Liang et al. 2021 (0 = off; 5 in the paper; about 2× the compute per update)."})
+    source_token_dropout: float = field(default=0.0, metadata={"help": "Token dropout: replace each source token of a training batch with <unk> with this probability (mt/token_dropout.py; 0 = off)."})
+    target_token_dropout: float = field(default=0.0, metadata={"help": "Token dropout on the decoder's inputs (the labels shifted right; the labels themselves are kept), with this probability (0 = off)."})
     dropout: float | None = field(default=None, metadata={"help": "Override the model's residual/embedding dropout."})
     attention_dropout: float | None = field(default=None, metadata={"help": "Override the model's dropout on attention weights."})
     activation_dropout: float | None = field(default=None, metadata={"help": "Override the model's dropout inside the feed-forward block."})
@@ -146,6 +148,9 @@ class TrainingConfig:
                      "bidirectional_epochs > 0, e.g. 5.")
         if not 0.0 <= self.label_smoothing < 1.0:
             fail(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}.")
+        for name in ("source_token_dropout", "target_token_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                fail(f"{name} must lie in [0, 1), got {getattr(self, name)}; 0.1 is a usual value (0 = off).")
         if self.rdrop_alpha < 0:
             fail(f"rdrop_alpha must be >= 0 (0 = off), got {self.rdrop_alpha}; the R-Drop paper uses 5 on IWSLT14.")
         if self.checkpointing_steps not in (None, "", "epoch") and not str(self.checkpointing_steps).isdigit():

@@ -53,6 +53,17 @@ def eval_results(results: dict, config, dataset: str) -> list[EvalResult]:
     return entries
 
 
+def regularisation_extras(config) -> str:
+    """The regularisers beyond dropout, label smoothing and weight decay that the run used, for the card's table."""
+    extras = []
+    if config.source_token_dropout or config.target_token_dropout:
+        extras.append(f"token dropout {config.source_token_dropout:g} (source) and {config.target_token_dropout:g} "
+                      "(target inputs), tokens replaced with `<unk>`")
+    if config.rdrop_alpha:
+        extras.append(f"R-Drop α {config.rdrop_alpha:g} (each batch twice, symmetric KL; Liang et al. 2021)")
+    return "".join(f", {extra}" for extra in extras)
+
+
 def render_model_card(model, config, results: dict, model_id: str | None = None) -> str:
     """Return the README.md text (YAML metadata + filled template) for an exported model."""
     dataset = dataset_label(config)
@@ -99,8 +110,7 @@ def render_model_card(model, config, results: dict, model_id: str | None = None)
         "adam_beta2": config.adam_beta2, "learning_rate": config.learning_rate,
         "lr_scheduler_type": config.lr_scheduler_type, "num_warmup_steps": config.num_warmup_steps,
         "dropout": c.dropout, "label_smoothing": config.label_smoothing, "weight_decay": config.weight_decay,
-        "rdrop": (f", R-Drop α {config.rdrop_alpha:g} (each batch twice, symmetric KL; Liang et al. 2021)"
-                  if config.rdrop_alpha else ""),
+        "rdrop": regularisation_extras(config),
         "mixed_precision": config.mixed_precision, "train_time": f"{hours:.2f} h ({results.get('train_seconds', 0):.0f} s)",
         "hardware": results.get("hardware", "unknown"),
     }
