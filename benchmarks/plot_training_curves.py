@@ -29,6 +29,7 @@ RECORDED_RUNS = {
     "run 12: run 11 for 12,000 updates": "benchmarks/results/multi30k_en_de_run12_12k_bidirectional.json",
     "run 13: run 11 + R-Drop, half batches": "benchmarks/results/multi30k_en_de_run13_rdrop_stopped.json",
     "run 14: run 11 with 20 bidirectional epochs": "benchmarks/results/multi30k_en_de_run14_bidirectional20.json",
+    "run 16: run 11 + fr/cs sources, 16k vocabulary": "benchmarks/results/multi30k_en_de_run16_multiway_stopped.json",
 }
 RECORDED_PLOT = "docs/multi30k_validation_curves.png"
 

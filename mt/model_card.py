@@ -110,7 +110,7 @@ def render_model_card(model, config, results: dict, model_id: str | None = None)
         "adam_beta2": config.adam_beta2, "learning_rate": config.learning_rate,
         "lr_scheduler_type": config.lr_scheduler_type, "num_warmup_steps": config.num_warmup_steps,
         "dropout": c.dropout, "label_smoothing": config.label_smoothing, "weight_decay": config.weight_decay,
-        "rdrop": regularisation_extras(config),
+        "regularisation_extras": regularisation_extras(config),
         "mixed_precision": config.mixed_precision, "train_time": f"{hours:.2f} h ({results.get('train_seconds', 0):.0f} s)",
         "hardware": results.get("hardware", "unknown"),
     }
