@@ -18,6 +18,7 @@ was never stopped.
 
 import torch
 
+
 def drop_tokens(ids: torch.Tensor, p: float, unk_token_id: int, keep_ids: torch.Tensor) -> torch.Tensor:
     """`ids` with each token not in `keep_ids` replaced by `unk_token_id` with probability `p` (a new tensor)."""
     if p <= 0:
