@@ -89,11 +89,14 @@ def plot_training_curves(runs: list[RunHistory], output: str | Path, title: str 
     legend_rows = (len(runs) + 1) // 2  # below both panels, two runs per row: it hides no curve
     legend_height = 0.22 * legend_rows + 0.15  # inches
     figure, (bleu_axis, loss_axis) = plt.subplots(1, 2, figsize=(12, 4.5 + legend_height), dpi=100)
-    for run in runs:
+    # tab20's strong shades first, then its light ones: up to 20 runs, no two the same colour.
+    palette = plt.get_cmap("tab20")
+    colors = [palette(i) for i in range(0, 20, 2)] + [palette(i) for i in range(1, 20, 2)]
+    for index, run in enumerate(runs):
         style = "-" if run.finished else ":" if run.stopped else "--"
         best_step, best_bleu = run.best
         suffix = "" if run.finished else f", stopped at {run.steps[-1]}" if run.stopped else ", running"
-        (line,) = bleu_axis.plot(run.steps, run.bleu, style, marker=".",
+        (line,) = bleu_axis.plot(run.steps, run.bleu, style, marker=".", color=colors[index % len(colors)],
                                  label=f"{run.label} (best {best_bleu:.2f} @ {best_step}{suffix})")
         bleu_axis.plot([best_step], [best_bleu], "o", markersize=9, markerfacecolor="none", color=line.get_color())
         loss_axis.plot(run.steps, run.loss, style, marker=".", color=line.get_color(), label=run.label)
