@@ -31,6 +31,7 @@ RECORDED_RUNS = {
     "run 14: run 11 with 20 bidirectional epochs": "benchmarks/results/multi30k_en_de_run14_bidirectional20.json",
     "run 16: run 11 + fr/cs sources, 16k vocabulary": "benchmarks/results/multi30k_en_de_run16_multiway_stopped.json",
     "run 17: run 11 + token dropout 0.1": "benchmarks/results/multi30k_en_de_run17_token_dropout.json",
+    "run 18: run 11 with seed 1": "benchmarks/results/multi30k_en_de_run18_seed1.json",
 }
 RECORDED_PLOT = "docs/multi30k_validation_curves.png"
 
