@@ -156,15 +156,22 @@ def build_attention_mask(
     key_length: int,
     dtype: torch.dtype,
     causal: bool = False,
+    query_offset: int | torch.Tensor | None = None,
+    device: torch.device | None = None,
 ) -> torch.Tensor | None:
     """The one additive mask that attention adds to its scores: padding and causality together.
 
     Args:
-        padding_mask: (B, S) with 1 for real tokens and 0 for padding (the `attention_mask` convention of
-            the tokenizers), or None when nothing is padded.
+        padding_mask: (B, S') with 1 for real tokens and 0 for padding (the `attention_mask` convention of
+            the tokenizers), or None when nothing is padded. S' < S only with `query_offset` (below): the
+            positions after the first S' are then hidden by causality anyway.
         query_length: T. key_length: S; with a KV cache S = P + T and the T queries are the last positions.
         dtype: dtype of the scores; masked entries get `torch.finfo(dtype).min`.
         causal: forbid each query position to see later key positions (decoder self-attention).
+        query_offset: the position of the first query when it is not S - T: a static cache holds S
+            positions of which only the first P + T are written, and the queries are at P … P + T - 1 (P may
+            be a 0-d tensor). Causality then also hides the positions not written yet.
+        device: where to build the mask when neither `padding_mask` nor `query_offset` is a tensor to follow.
 
     Returns:
         A float tensor broadcastable to (B, 1, T, S) holding 0 where attention is allowed and
@@ -172,10 +179,16 @@ def build_attention_mask(
     """
     allowed = None
     if padding_mask is not None and not bool(padding_mask.all()):
+        if padding_mask.shape[-1] < key_length and query_offset is not None:
+            padding_mask = F.pad(padding_mask, (0, key_length - padding_mask.shape[-1]), value=1)
         allowed = padding_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
-    if causal and query_length > 1:
-        device = padding_mask.device if padding_mask is not None else None
-        query_positions = torch.arange(key_length - query_length, key_length, device=device)[:, None]  # (T, 1)
+    if causal and (query_length > 1 or query_offset is not None):
+        if padding_mask is not None:
+            device = padding_mask.device
+        elif isinstance(query_offset, torch.Tensor):
+            device = query_offset.device
+        start = key_length - query_length if query_offset is None else query_offset
+        query_positions = (torch.arange(query_length, device=device) + start)[:, None]  # (T, 1)
         key_positions = torch.arange(key_length, device=device)[None, :]  # (1, S)
         causal_allowed = (key_positions <= query_positions)[None, None]  # (1, 1, T, S)
         allowed = causal_allowed if allowed is None else allowed & causal_allowed
@@ -433,13 +446,17 @@ def _position_embedding(config: AttnMTConfig) -> nn.Module:
     return AttnMTSinusoidalPositionalEmbedding(config.max_position_embeddings, config.d_model)
 
 
-def _positions(start: int, length: int, max_positions: int, device: torch.device, side: str) -> torch.Tensor:
-    if start + length > max_positions:
+def _check_length(length: int, max_positions: int, side: str) -> None:
+    if length > max_positions:
         raise ValueError(
-            f"The {side} sequence has {start + length} tokens but the model's position table holds "
+            f"The {side} sequence has {length} tokens but the model's position table holds "
             f"max_position_embeddings={max_positions}. Truncate the input (tokenizer `max_length=`, "
             f"generate `max_new_tokens=`) or build the model with a larger max_position_embeddings."
         )
+
+
+def _positions(start: int, length: int, max_positions: int, device: torch.device, side: str) -> torch.Tensor:
+    _check_length(start + length, max_positions, side)
     return torch.arange(start, start + length, device=device)
 
 
@@ -742,16 +759,34 @@ class AttnMTDecoder(nn.Module):
         B, T, _ = inputs_embeds.shape
         S = encoder_hidden_states.shape[1]
         past_length = cache.get_seq_length() if cache is not None else 0  # P
-        positions = _positions(past_length, T, self.config.max_position_embeddings, inputs_embeds.device, "target")
+        # A static cache (generate(cache_implementation="static"), the fixed shapes torch.compile wants) hands
+        # self-attention its whole preallocated buffer of S positions, the P + T written ones first; P is then a
+        # 0-d tensor, and the mask must hide the positions not written yet.
+        static_cache = cache is not None and cache.is_compileable
+        if static_cache:
+            key_length = cache.self_attention_cache.get_mask_sizes(T, 0)[0]  # S, the buffer's length
+            _check_length(key_length, self.config.max_position_embeddings, "target")
+            positions = torch.arange(T, device=inputs_embeds.device) + past_length
+        else:
+            key_length = past_length + T
+            positions = _positions(past_length, T, self.config.max_position_embeddings, inputs_embeds.device, "target")
         hidden_states = inputs_embeds + self.embed_positions(positions).to(inputs_embeds.dtype)
         hidden_states = apply_dropout(hidden_states, p=self.config.dropout, training=self.training)
 
         dtype = hidden_states.dtype
-        if self.config._attn_implementation == "sdpa" and attention_mask is None and past_length == 0:
+        if self.config._attn_implementation == "sdpa" and attention_mask is None and not static_cache and past_length == 0:
             # No mask: sdpa sees `is_causal` on the module and runs its fused causal kernel.
             self_attention_mask = None
         else:
-            self_attention_mask = build_attention_mask(attention_mask, T, past_length + T, dtype, causal=True)
+            self_attention_mask = build_attention_mask(
+                attention_mask,
+                T,
+                key_length,
+                dtype,
+                causal=True,
+                query_offset=past_length if static_cache else None,
+                device=inputs_embeds.device,
+            )
         cross_attention_mask = self._cross_attention_mask(encoder_attention_mask, S, dtype, cache)  # (B, 1, 1, S) or None
         token_index = positions_that_matter(labels_mask, causal=True) if self.training else None
 
@@ -1049,6 +1084,9 @@ class AttnMTForConditionalGeneration(AttnMTPreTrainedModel, GenerationMixin):
         """
         if next_sequence_length is not None:
             input_ids = input_ids[:, -next_sequence_length:]  # (B, new): the earlier positions are in the cache
+        # A fresh contiguous copy (B × 1 ids, nothing to pay): the slice's stride grows with every step, and a
+        # compiled forward (static cache) would recompile for a new stride, as in transformers' generic version.
+        input_ids = input_ids.clone(memory_format=torch.contiguous_format)
         model_inputs = {"decoder_input_ids": input_ids, "attention_mask": attention_mask}
         if cache is not None:
             model_inputs["cache"] = cache

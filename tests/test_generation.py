@@ -401,3 +401,50 @@ def test_cross_attention_mask_is_built_once_per_generate_and_rebuilt_for_another
     rebuilt = decoder._cross_attention_mask(other, other.shape[1], mask.dtype, cache)
     assert rebuilt is not mask and torch.equal(rebuilt, real(other, 1, other.shape[1], mask.dtype))
     assert decoder._cross_attention_mask(other, other.shape[1], mask.dtype, cache) is rebuilt
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_static_cache_generates_what_the_dynamic_cache_generates(trained_model, source_batch, implementation,
+                                                                   num_beams):
+    """generate(cache_implementation="static") preallocates every self-attention position up to max_length;
+    the positions not written yet hold zeros, and attending to them (as the model once did, silently) changes
+    the translations. The decoder masks them by absolute position instead."""
+    trained_model.set_attn_implementation(implementation)
+    kwargs = dict(num_beams=num_beams, max_length=MAX_LENGTH, return_dict_in_generate=True, output_scores=True)
+    dynamic = trained_model.generate(**source_batch, **kwargs)
+    static = trained_model.generate(**source_batch, cache_implementation="static", **kwargs)
+    assert type(static.cache.self_attention_cache).__name__ == "StaticCache"
+    buffer_length = static.cache.self_attention_cache.layers[0].keys.shape[-2]
+    # Sized by generate() for every step (the decoder start excluded): at step t, all but t positions are unwritten.
+    assert buffer_length == MAX_LENGTH - 1
+    assert torch.equal(dynamic.sequences, static.sequences)
+    scores = (dynamic.sequences_scores, static.sequences_scores) if num_beams > 1 else (
+        torch.stack(dynamic.scores), torch.stack(static.scores))
+    torch.testing.assert_close(*scores, rtol=0, atol=5e-5)  # softmax over longer (masked) rows: float noise
+
+
+def test_static_cache_decoding_step_equals_the_full_forward(trained_model, source_batch):
+    """Step by step through a StaticCache (with a decoder padding mask shorter than the buffer), the logits equal
+    those of one forward pass over the whole prefix."""
+    from transformers import StaticCache
+
+    decoder_ids = torch.tensor([[0, 11, 12, 13, 14, 15]]).repeat(4, 1)
+    decoder_mask = torch.ones_like(decoder_ids)
+    full = trained_model(**source_batch, decoder_input_ids=decoder_ids, decoder_attention_mask=decoder_mask).logits
+    cache = EncoderDecoderCache(StaticCache(trained_model.config, max_cache_len=16),
+                                StaticCache(trained_model.config, max_cache_len=source_batch["input_ids"].shape[1]))
+    encoder_outputs = trained_model.get_encoder()(**source_batch)
+    steps = []
+    for t in range(decoder_ids.shape[1]):
+        out = trained_model(encoder_outputs=encoder_outputs, attention_mask=source_batch["attention_mask"],
+                            decoder_input_ids=decoder_ids[:, t : t + 1], decoder_attention_mask=decoder_mask[:, : t + 1],
+                            cache=cache, use_cache=True)
+        steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=TOL)
+
+
+def test_static_cache_longer_than_the_position_table_is_a_clear_error(trained_model, source_batch):
+    limit = trained_model.config.max_position_embeddings
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        trained_model.generate(**source_batch, num_beams=1, max_length=limit + 8, cache_implementation="static")
