@@ -774,7 +774,8 @@ class AttnMTDecoder(nn.Module):
         hidden_states = apply_dropout(hidden_states, p=self.config.dropout, training=self.training)
 
         dtype = hidden_states.dtype
-        if self.config._attn_implementation == "sdpa" and attention_mask is None and not static_cache and past_length == 0:
+        fresh = not static_cache and past_length == 0  # nothing cached: the queries are the whole sequence
+        if self.config._attn_implementation == "sdpa" and attention_mask is None and fresh:
             # No mask: sdpa sees `is_causal` on the module and runs its fused causal kernel.
             self_attention_mask = None
         else:

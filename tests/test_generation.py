@@ -431,6 +431,7 @@ def test_static_cache_decoding_step_equals_the_full_forward(trained_model, sourc
 
     decoder_ids = torch.tensor([[0, 11, 12, 13, 14, 15]]).repeat(4, 1)
     decoder_mask = torch.ones_like(decoder_ids)
+    decoder_mask[0, 2] = 0  # a hidden decoder position: the mask (P + 1 long) is padded to the buffer's length
     full = trained_model(**source_batch, decoder_input_ids=decoder_ids, decoder_attention_mask=decoder_mask).logits
     cache = EncoderDecoderCache(StaticCache(trained_model.config, max_cache_len=16),
                                 StaticCache(trained_model.config, max_cache_len=source_batch["input_ids"].shape[1]))
@@ -438,8 +439,8 @@ def test_static_cache_decoding_step_equals_the_full_forward(trained_model, sourc
     steps = []
     for t in range(decoder_ids.shape[1]):
         out = trained_model(encoder_outputs=encoder_outputs, attention_mask=source_batch["attention_mask"],
-                            decoder_input_ids=decoder_ids[:, t : t + 1], decoder_attention_mask=decoder_mask[:, : t + 1],
-                            cache=cache, use_cache=True)
+                            decoder_input_ids=decoder_ids[:, t : t + 1],
+                            decoder_attention_mask=decoder_mask[:, : t + 1], cache=cache, use_cache=True)
         steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=TOL)
 
