@@ -32,6 +32,8 @@ RECORDED_RUNS = {
     "run 16: run 11 + fr/cs sources, 16k vocabulary": "benchmarks/results/multi30k_en_de_run16_multiway_stopped.json",
     "run 17: run 11 + token dropout 0.1": "benchmarks/results/multi30k_en_de_run17_token_dropout.json",
     "run 18: run 11 with seed 1": "benchmarks/results/multi30k_en_de_run18_seed1.json",
+    "run 19: run 11 with FFN 512": "benchmarks/results/multi30k_en_de_run19_ffn512_stopped.json",
+    "run 20: run 11 + label smoothing 0.2": "benchmarks/results/multi30k_en_de_run20_label_smoothing02.json",
 }
 RECORDED_PLOT = "docs/multi30k_validation_curves.png"
 

@@ -104,7 +104,7 @@ def plot_training_curves(runs: list[RunHistory], output: str | Path, title: str 
     top = max(max(run.bleu) for run in runs)
     bleu_axis.set_ylim(bottom=max(0.0, min(min(run.bleu[len(run.bleu) // 2:]) for run in runs) - 2.0), top=top + 1.0)
     bleu_axis.set(xlabel="update", ylabel="validation BLEU (cased, sacreBLEU)", title="validation BLEU")
-    loss_axis.set(xlabel="update", ylabel="validation loss (label-smoothed cross-entropy)", title="validation loss")
+    loss_axis.set(xlabel="update", ylabel="validation loss (cross-entropy per token, unsmoothed)", title="validation loss")
     for axis in (bleu_axis, loss_axis):
         axis.grid(True, alpha=0.3)
     figure.legend(*bleu_axis.get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
