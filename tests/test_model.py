@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from modeling import AttnMTConfig, AttnMTForConditionalGeneration
-from modeling.modeling_attnmt import cross_entropy, positions_that_matter
+from modeling.modeling_attnmt import AttnMTLMHead, cross_entropy, positions_that_matter
 from mt.tokenizer import check_tokenizer_matches_config
 
 from conftest import TOKENIZER_VOCAB_SIZE, encode_pairs, tiny_config, tiny_model
@@ -120,6 +120,50 @@ def test_embeddings_tied_to_lm_head():
     untied = tiny_model(tie_word_embeddings=False)
     pointers = {untied.lm_head.weight.data_ptr(), untied.model.shared.weight.data_ptr()}
     assert len(pointers) == 2
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", [(3, 1), (64, 1), (5, 7), (65, 1), (9, 30)])
+def test_lm_head_equals_a_linear_layer_on_either_side_of_the_transposed_product(shape, bias):
+    """`AttnMTLMHead` computes (E·hᵀ)ᵀ for up to `max_transposed_rows` rows on a CPU, `F.linear` above: the values
+    and the gradients are those of h·Eᵀ + b either way, and the few-row path really returns the transposed layout."""
+    torch.manual_seed(0)
+    head = AttnMTLMHead(16, 50, bias=bias)
+    hidden = torch.randn(*shape, 16, requires_grad=True)
+    logits = head(hidden)
+    expected_hidden = hidden.detach().clone().requires_grad_()
+    expected = F.linear(expected_hidden, head.weight, head.bias)
+    assert logits.shape == expected.shape == (*shape, 50)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=TOL)
+    few_rows = shape[0] * shape[1] <= AttnMTLMHead.max_transposed_rows
+    assert logits.is_contiguous() is not few_rows  # (V, N) product viewed as (B, T, V), or plain rows
+    assert logits.reshape(-1, 50).data_ptr() == logits.data_ptr()  # B and T still merge into rows without a copy
+    grad = torch.randn(expected.shape)
+    logits.backward(grad)
+    weight_grad, bias_grad = head.weight.grad.clone(), None if head.bias is None else head.bias.grad.clone()
+    head.zero_grad()
+    expected.backward(grad)
+    torch.testing.assert_close(hidden.grad, expected_hidden.grad, rtol=0, atol=TOL)
+    torch.testing.assert_close(weight_grad, head.weight.grad, rtol=0, atol=TOL)
+    if bias:
+        torch.testing.assert_close(bias_grad, head.bias.grad, rtol=0, atol=TOL)
+
+
+def test_lm_head_is_a_tied_linear_layer_and_decodes_like_one(padded_batch):
+    model = tiny_model().eval()
+    assert isinstance(model.lm_head, torch.nn.Linear) and type(model.lm_head) is AttnMTLMHead
+    batch = {k: padded_batch[k] for k in ("input_ids", "attention_mask")}
+    kwargs = dict(max_new_tokens=12, return_dict_in_generate=True, output_logits=True)
+    with torch.no_grad():
+        ours = [model.generate(**batch, num_beams=beams, **kwargs) for beams in (1, 3)]
+        plain = torch.nn.Linear(model.config.d_model, model.config.vocab_size, bias=False)
+        plain.weight = model.lm_head.weight
+        model.set_output_embeddings(plain)
+        reference = [model.generate(**batch, num_beams=beams, **kwargs) for beams in (1, 3)]
+    for a, b in zip(ours, reference):
+        assert torch.equal(a.sequences, b.sequences)
+        for x, y in zip(a.logits, b.logits):
+            torch.testing.assert_close(x, y, rtol=0, atol=TOL)
 
 
 def test_sequence_longer_than_position_table_raises():
