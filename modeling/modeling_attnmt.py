@@ -3,7 +3,7 @@
 Everything the forward pass needs is in this file; it ships to the Hub as remote code beside
 `configuration_attnmt.py` and depends on torch and transformers only.
 
-Reading order: `eager_attention_forward` (the formula), `build_attention_mask` (padding and causality),
+Reading order: `AttnMTLinear` (an `nn.Linear`), `eager_attention_forward` (the formula), `build_attention_mask` (padding and causality),
 `AttnMTAttention` (projections, heads, KV cache), the encoder and decoder blocks and stacks, and finally
 `AttnMTForConditionalGeneration` (loss and generation).
 
@@ -30,6 +30,54 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_attnmt import AttnMTConfig
+
+
+# ---------------------------------------------------------------------------------------------------
+# Linear layers
+# ---------------------------------------------------------------------------------------------------
+
+
+class AttnMTLinear(nn.Linear):
+    """`nn.Linear`, y = x·Wᵀ + b, that on a CPU multiplies a few rows by a large weight as the transpose of W·xᵀ.
+
+    Both orders give the same product (to float rounding), but on a CPU MKL runs one of them much faster for the
+    shapes of a decoding step, which multiplies a handful of rows (batch × beams) by every weight of the decoder.
+    Measured for 32 rows on a 2-core AMD EPYC (torch 2.13.0, benchmarks/RESULTS.md): the 8,000 × 128 LM head
+    2.2 ms as x·Wᵀ and 0.8 ms as W·xᵀ, a 2048 × 512 feed-forward weight 1.24 → 0.83 ms including the copy back
+    to rows; a 128 × 128 weight, which stays in the caches, is faster the usual way (32 vs 57 µs). (W·xᵀ writes one
+    row per output feature and reads the weight once in its stored order, a likely reason; not verified inside
+    MKL.) So the weight-first order is used for at most `weight_first_max_rows` rows and a weight of at least
+    `weight_first_min_weight` elements (1 MiB in float32), on a CPU; everything else, training batches included,
+    is the plain `F.linear`.
+
+    The result is made contiguous again, unless `transposed_output` (the LM head, whose logits generate() copies
+    for its scores anyway): then it is the (…, out_features) view of the W·xᵀ product, column-major. Hooks, PEFT,
+    weight tying and `state_dict` see an ordinary `nn.Linear`.
+    """
+
+    weight_first_max_rows = 64
+    weight_first_min_weight = 512 * 512
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, transposed_output: bool = False):
+        super().__init__(in_features, out_features, bias=bias)
+        self.transposed_output = transposed_output
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        rows = hidden_states.reshape(-1, hidden_states.shape[-1])  # (N, in)
+        if (
+            hidden_states.device.type != "cpu"
+            or rows.shape[0] > self.weight_first_max_rows
+            or self.weight.numel() < self.weight_first_min_weight
+        ):
+            return super().forward(hidden_states)
+        if self.bias is None:
+            product = torch.mm(self.weight, rows.t())  # (out, N) = W·xᵀ
+        else:
+            product = torch.addmm(self.bias.unsqueeze(1), self.weight, rows.t())
+        output = product.t()  # (N, out), a view
+        if not self.transposed_output:
+            output = output.contiguous()
+        return output.unflatten(0, hidden_states.shape[:-1])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -222,10 +270,10 @@ class AttnMTAttention(nn.Module):
         self.is_causal = is_causal
         self.layer_idx = layer_idx
 
-        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
-        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
-        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
-        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.q_proj = AttnMTLinear(self.embed_dim, self.embed_dim)
+        self.k_proj = AttnMTLinear(self.embed_dim, self.embed_dim)
+        self.v_proj = AttnMTLinear(self.embed_dim, self.embed_dim)
+        self.out_proj = AttnMTLinear(self.embed_dim, self.embed_dim)
 
     def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
         B, L, _ = states.shape
@@ -479,8 +527,8 @@ class AttnMTFeedForward(nn.Module):
 
     def __init__(self, config: AttnMTConfig, ffn_dim: int):
         super().__init__()
-        self.fc1 = nn.Linear(config.d_model, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, config.d_model)
+        self.fc1 = AttnMTLinear(config.d_model, ffn_dim)
+        self.fc2 = AttnMTLinear(ffn_dim, config.d_model)
         self.activation = ACT2FN[config.activation_function]
         self.activation_dropout = config.activation_dropout
 
@@ -1001,33 +1049,6 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: f
     return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
 
 
-class AttnMTLMHead(nn.Linear):
-    """The output projection to the vocabulary, logits = h·Eᵀ (+ b): an `nn.Linear` (tied to the embeddings when
-    `tie_word_embeddings`) that, for a few rows on a CPU, computes the same product as (E·hᵀ)ᵀ.
-
-    A decoding step projects a handful of rows (batch × beams) onto the whole vocabulary. On a CPU, MKL multiplies
-    (32 × 128)·(128 × 8,000) in ~2.2 ms when it writes the rows of the (32 × 8,000) result, and in ~0.8 ms when it
-    writes the (8,000 × 32) transpose, one row per vocabulary entry; the weight is then read once, in its stored
-    order (2-core AMD EPYC, torch 2.13.0; benchmarks/RESULTS.md). The logits come back as the transposed view, the
-    same values in a column-major (B, T, V) layout: `generate()` copies them for its scores anyway. Above
-    `max_transposed_rows` rows the strided layout costs more downstream than the product saves (beam 5 × 32
-    sentences: 16% slower), and on other devices the plain `F.linear` is used. Hooks, PEFT and weight tying see an
-    ordinary `nn.Linear`.
-    """
-
-    max_transposed_rows = 64
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        rows = hidden_states.reshape(-1, hidden_states.shape[-1])  # (N, D)
-        if hidden_states.device.type != "cpu" or rows.shape[0] > self.max_transposed_rows:
-            return super().forward(hidden_states)
-        if self.bias is None:
-            logits = torch.mm(self.weight, rows.t())  # (V, N) = E·hᵀ
-        else:
-            logits = torch.addmm(self.bias.unsqueeze(1), self.weight, rows.t())
-        return logits.t().unflatten(0, hidden_states.shape[:-1])  # (B, T, V), a view
-
-
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
     """Teacher forcing: the decoder reads [start, y1, ..., y_{T-1}] and is trained to predict [y1, ..., yT].
     Ignored label positions (-100) become padding."""
@@ -1046,7 +1067,8 @@ class AttnMTForConditionalGeneration(AttnMTPreTrainedModel, GenerationMixin):
     def __init__(self, config: AttnMTConfig):
         super().__init__(config)
         self.model = AttnMTModel(config)
-        self.lm_head = AttnMTLMHead(config.d_model, config.vocab_size, bias=False)
+        # generate() copies the logits for its scores anyway: a decoding step may return them transposed.
+        self.lm_head = AttnMTLinear(config.d_model, config.vocab_size, bias=False, transposed_output=True)
         self.post_init()
         # Translation defaults (a saved generation_config.json overrides them on load): transformers'
         # generic max_length=20 would cut most sentences.

@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from modeling import AttnMTConfig, AttnMTForConditionalGeneration
-from modeling.modeling_attnmt import AttnMTLMHead, cross_entropy, positions_that_matter
+from modeling.modeling_attnmt import AttnMTLinear, cross_entropy, positions_that_matter
 from mt.tokenizer import check_tokenizer_matches_config
 
 from conftest import TOKENIZER_VOCAB_SIZE, encode_pairs, tiny_config, tiny_model
@@ -122,43 +122,63 @@ def test_embeddings_tied_to_lm_head():
     assert len(pointers) == 2
 
 
+@pytest.fixture
+def weight_first_for_any_weight(monkeypatch):
+    """Let `AttnMTLinear` take the weight-first product for the small weights of the test models too."""
+    monkeypatch.setattr(AttnMTLinear, "weight_first_min_weight", 0)
+
+
 @pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("transposed_output", [False, True])
 @pytest.mark.parametrize("shape", [(3, 1), (64, 1), (5, 7), (65, 1), (9, 30)])
-def test_lm_head_equals_a_linear_layer_on_either_side_of_the_transposed_product(shape, bias):
-    """`AttnMTLMHead` computes (E·hᵀ)ᵀ for up to `max_transposed_rows` rows on a CPU, `F.linear` above: the values
-    and the gradients are those of h·Eᵀ + b either way, and the few-row path really returns the transposed layout."""
+def test_linear_equals_f_linear_on_either_side_of_the_weight_first_product(weight_first_for_any_weight, shape, bias,
+                                                                           transposed_output):
+    """`AttnMTLinear` computes (W·xᵀ)ᵀ for up to `weight_first_max_rows` rows on a CPU and `F.linear` above: values
+    and gradients are those of x·Wᵀ + b either way, and each path returns the layout it promises."""
     torch.manual_seed(0)
-    head = AttnMTLMHead(16, 50, bias=bias)
+    layer = AttnMTLinear(16, 50, bias=bias, transposed_output=transposed_output)
     hidden = torch.randn(*shape, 16, requires_grad=True)
-    logits = head(hidden)
+    output = layer(hidden)
     expected_hidden = hidden.detach().clone().requires_grad_()
-    expected = F.linear(expected_hidden, head.weight, head.bias)
-    assert logits.shape == expected.shape == (*shape, 50)
-    torch.testing.assert_close(logits, expected, rtol=0, atol=TOL)
-    few_rows = shape[0] * shape[1] <= AttnMTLMHead.max_transposed_rows
-    assert logits.is_contiguous() is not few_rows  # (V, N) product viewed as (B, T, V), or plain rows
-    assert logits.reshape(-1, 50).data_ptr() == logits.data_ptr()  # B and T still merge into rows without a copy
+    expected = F.linear(expected_hidden, layer.weight, layer.bias)
+    assert output.shape == expected.shape == (*shape, 50)
+    torch.testing.assert_close(output, expected, rtol=0, atol=TOL)
+    weight_first = shape[0] * shape[1] <= AttnMTLinear.weight_first_max_rows
+    assert output.is_contiguous() is not (weight_first and transposed_output)
+    assert output.reshape(-1, 50).data_ptr() == output.data_ptr()  # rows still merge without a copy
     grad = torch.randn(expected.shape)
-    logits.backward(grad)
-    weight_grad, bias_grad = head.weight.grad.clone(), None if head.bias is None else head.bias.grad.clone()
-    head.zero_grad()
+    output.backward(grad)
+    weight_grad, bias_grad = layer.weight.grad.clone(), None if layer.bias is None else layer.bias.grad.clone()
+    layer.zero_grad()
     expected.backward(grad)
     torch.testing.assert_close(hidden.grad, expected_hidden.grad, rtol=0, atol=TOL)
-    torch.testing.assert_close(weight_grad, head.weight.grad, rtol=0, atol=TOL)
+    torch.testing.assert_close(weight_grad, layer.weight.grad, rtol=0, atol=TOL)
     if bias:
-        torch.testing.assert_close(bias_grad, head.bias.grad, rtol=0, atol=TOL)
+        torch.testing.assert_close(bias_grad, layer.bias.grad, rtol=0, atol=TOL)
 
 
-def test_lm_head_is_a_tied_linear_layer_and_decodes_like_one(padded_batch):
+def test_linear_takes_the_weight_first_product_only_for_a_large_weight(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "mm", lambda *args, **kwargs: calls.append("mm") or torch.matmul(*args, **kwargs))
+    hidden = torch.randn(32, 1, 128)
+    AttnMTLinear(128, 8000, bias=False)(hidden)  # the preset's LM head, 1M elements
+    assert calls == ["mm"]
+    AttnMTLinear(128, 256, bias=False)(hidden)  # the preset's feed-forward: kept in the caches, plain F.linear
+    AttnMTLinear(128, 8000, bias=False)(torch.randn(65, 128))  # more rows than a decoding step
+    assert calls == ["mm"]
+
+
+def test_linear_layers_are_tied_nn_linears_and_decode_as_with_the_plain_product(weight_first_for_any_weight,
+                                                                                 padded_batch, monkeypatch):
     model = tiny_model().eval()
-    assert isinstance(model.lm_head, torch.nn.Linear) and type(model.lm_head) is AttnMTLMHead
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    assert linears and all(type(module) is AttnMTLinear for module in linears)
+    assert model.lm_head.transposed_output and model.lm_head.weight is model.model.shared.weight
     batch = {k: padded_batch[k] for k in ("input_ids", "attention_mask")}
     kwargs = dict(max_new_tokens=12, return_dict_in_generate=True, output_logits=True)
     with torch.no_grad():
         ours = [model.generate(**batch, num_beams=beams, **kwargs) for beams in (1, 3)]
-        plain = torch.nn.Linear(model.config.d_model, model.config.vocab_size, bias=False)
-        plain.weight = model.lm_head.weight
-        model.set_output_embeddings(plain)
+        monkeypatch.setattr(AttnMTLinear, "weight_first_max_rows", 0)  # every product the plain way
         reference = [model.generate(**batch, num_beams=beams, **kwargs) for beams in (1, 3)]
     for a, b in zip(ours, reference):
         assert torch.equal(a.sequences, b.sequences)
