@@ -3,8 +3,9 @@
 Everything the forward pass needs is in this file; it ships to the Hub as remote code beside
 `configuration_attnmt.py` and depends on torch and transformers only.
 
-Reading order: `AttnMTLinear` (an `nn.Linear`), `eager_attention_forward` (the formula), `build_attention_mask` (padding and causality),
-`AttnMTAttention` (projections, heads, KV cache), the encoder and decoder blocks and stacks, and finally
+Reading order: `eager_attention_forward` (the formula), `build_attention_mask` (padding and causality),
+`AttnMTLinear` (an `nn.Linear` that picks the faster product order for a decoding step) and `AttnMTAttention`
+(projections, heads, KV cache), the encoder and decoder blocks and stacks, and finally
 `AttnMTForConditionalGeneration` (loss and generation).
 
 Shape legend used in comments:
@@ -30,54 +31,6 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_attnmt import AttnMTConfig
-
-
-# ---------------------------------------------------------------------------------------------------
-# Linear layers
-# ---------------------------------------------------------------------------------------------------
-
-
-class AttnMTLinear(nn.Linear):
-    """`nn.Linear`, y = x·Wᵀ + b, that on a CPU multiplies a few rows by a large weight as the transpose of W·xᵀ.
-
-    Both orders give the same product (to float rounding), but on a CPU MKL runs one of them much faster for the
-    shapes of a decoding step, which multiplies a handful of rows (batch × beams) by every weight of the decoder.
-    Measured for 32 rows on a 2-core AMD EPYC (torch 2.13.0, benchmarks/RESULTS.md): the 8,000 × 128 LM head
-    2.2 ms as x·Wᵀ and 0.8 ms as W·xᵀ, a 2048 × 512 feed-forward weight 1.24 → 0.83 ms including the copy back
-    to rows; a 128 × 128 weight, which stays in the caches, is faster the usual way (32 vs 57 µs). (W·xᵀ writes one
-    row per output feature and reads the weight once in its stored order, a likely reason; not verified inside
-    MKL.) So the weight-first order is used for at most `weight_first_max_rows` rows and a weight of at least
-    `weight_first_min_weight` elements (1 MiB in float32), on a CPU; everything else, training batches included,
-    is the plain `F.linear`.
-
-    The result is made contiguous again, unless `transposed_output` (the LM head, whose logits generate() copies
-    for its scores anyway): then it is the (…, out_features) view of the W·xᵀ product, column-major. Hooks, PEFT,
-    weight tying and `state_dict` see an ordinary `nn.Linear`.
-    """
-
-    weight_first_max_rows = 64
-    weight_first_min_weight = 512 * 512
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, transposed_output: bool = False):
-        super().__init__(in_features, out_features, bias=bias)
-        self.transposed_output = transposed_output
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        rows = hidden_states.reshape(-1, hidden_states.shape[-1])  # (N, in)
-        if (
-            hidden_states.device.type != "cpu"
-            or rows.shape[0] > self.weight_first_max_rows
-            or self.weight.numel() < self.weight_first_min_weight
-        ):
-            return super().forward(hidden_states)
-        if self.bias is None:
-            product = torch.mm(self.weight, rows.t())  # (out, N) = W·xᵀ
-        else:
-            product = torch.addmm(self.bias.unsqueeze(1), self.weight, rows.t())
-        output = product.t()  # (N, out), a view
-        if not self.transposed_output:
-            output = output.contiguous()
-        return output.unflatten(0, hidden_states.shape[:-1])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -246,6 +199,51 @@ def build_attention_mask(
     # -inf and make a fully masked row NaN).
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+class AttnMTLinear(nn.Linear):
+    """`nn.Linear`, y = x·Wᵀ + b, that on a CPU multiplies a few rows by a large weight as the transpose of W·xᵀ.
+
+    Both orders give the same product (to float rounding), but on a CPU MKL runs one of them much faster for the
+    shapes of a decoding step, which multiplies a handful of rows (batch × beams) by every weight of the decoder.
+    Measured for 32 rows on a 2-core AMD EPYC (torch 2.13.0, benchmarks/RESULTS.md): the 8,000 × 128 LM head
+    1.0–2.3 ms as x·Wᵀ and 0.6–0.75 ms as W·xᵀ, a 2048 × 512 feed-forward weight 1.2–1.6 → 0.8–1.0 ms including
+    the copy back to rows; a 128 × 128 weight, which stays in the caches, is faster the usual way (25–39 vs
+    38–63 µs). (W·xᵀ writes one row per output feature and reads the weight once in its stored order, a likely
+    reason; not verified inside MKL.) So the weight-first order is used for at most `weight_first_max_rows` rows and
+    a weight of at least `weight_first_min_weight` elements (1 MiB in float32), on a CPU; everything else, training
+    batches included, is the plain `F.linear`. The thresholds were measured on one kind of machine: on another
+    CPU or BLAS, `python benchmarks/weight_first_linear.py` tells whether they still pay.
+
+    The result is made contiguous again, unless `transposed_output` (the LM head, whose logits generate() copies
+    for its scores anyway): then it is the (…, out_features) view of the W·xᵀ product, column-major. It is an
+    `nn.Linear` with the same parameters, so module hooks, weight tying and `state_dict` work as before; code that
+    replaces `nn.Linear` layers (adapters, quantisation) simply replaces it.
+    """
+
+    weight_first_max_rows = 64
+    weight_first_min_weight = 512 * 512
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, transposed_output: bool = False):
+        super().__init__(in_features, out_features, bias=bias)
+        self.transposed_output = transposed_output
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        rows = hidden_states.reshape(-1, hidden_states.shape[-1])  # (N, in)
+        if (
+            hidden_states.device.type != "cpu"
+            or rows.shape[0] > self.weight_first_max_rows
+            or self.weight.numel() < self.weight_first_min_weight
+        ):
+            return super().forward(hidden_states)
+        if self.bias is None:
+            product = torch.mm(self.weight, rows.t())  # (out, N) = W·xᵀ
+        else:
+            product = torch.addmm(self.bias.unsqueeze(1), self.weight, rows.t())
+        output = product.t()  # (N, out), a view
+        if not self.transposed_output:
+            output = output.contiguous()
+        return output.unflatten(0, hidden_states.shape[:-1])
 
 
 class AttnMTAttention(nn.Module):
