@@ -11,7 +11,12 @@ docstring). This script measures it in two ways, alternating everything within e
    same size; outputs are checked identical.
 
     python benchmarks/weight_first_linear.py [--model_config configs/model/base.yaml] [--num_beams 5]
-        [--repeats 7] [--gen_batches 2] [--train_between] [--json FILE]
+        [--repeats 7] [--gen_batches 2] [--gen_batch_size 32] [--train_between] [--json FILE]
+        [--max_rows 64] [--min_weight 262144]
+
+`--max_rows` and `--min_weight` set the "on" variant's thresholds (`AttnMTLinear.weight_first_max_rows` and
+`weight_first_min_weight`; defaults: the model's), to measure other choices: `--num_beams 5 --max_rows 160` lets
+beam search over 32 sentences take the weight-first LM head, `--min_weight 0` every linear layer of the preset.
 
 `--train_between` runs the `speed_vs_marian.py` training steps before each generation, as that harness does (caches
 and the allocator then start from a training step's state), on a copy of the model of the same kind, so that the
@@ -83,6 +88,9 @@ def main(argv=None) -> None:
     parser.add_argument("--num_beams", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--gen_batches", type=int, default=2)
+    parser.add_argument("--gen_batch_size", type=int, default=32)
+    parser.add_argument("--max_rows", type=int, default=AttnMTLinear.weight_first_max_rows)
+    parser.add_argument("--min_weight", type=int, default=AttnMTLinear.weight_first_min_weight)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train_between", action="store_true")
     parser.add_argument("--no_products", action="store_true", help="skip part 1")
@@ -92,7 +100,8 @@ def main(argv=None) -> None:
     products = [] if args.no_products else time_products(args.repeats)
 
     hargs = harness.parse_args(["--model_config", args.model_config, "--threads", str(args.threads),
-                                "--gen_batches", str(args.gen_batches), "--num_beams", str(args.num_beams)])
+                                "--gen_batches", str(args.gen_batches), "--gen_batch_size", str(args.gen_batch_size),
+                                "--num_beams", str(args.num_beams)])
     tokenizer = harness.build_tokenizer(hargs)
     train_batches = harness.build_train_batches(hargs, tokenizer)
     gen_batches = harness.build_generation_batches(hargs, tokenizer)
@@ -101,8 +110,9 @@ def main(argv=None) -> None:
     trainees = {name: copy.deepcopy(model) for name, model in models.items()}  # --train_between trains these
     optimizers = {name: harness.make_optimizer(model) for name, model in trainees.items()}
     gen_config = harness.generation_config(hargs, config, args.num_beams)
-    default_rows = AttnMTLinear.weight_first_max_rows
-    variants = {"weight-first": ("ours", default_rows), "F.linear": ("ours", 0), "marian": ("marian", None)}
+    defaults = AttnMTLinear.weight_first_max_rows, AttnMTLinear.weight_first_min_weight
+    variants = {"weight-first": ("ours", args.max_rows), "F.linear": ("ours", 0), "marian": ("marian", None)}
+    AttnMTLinear.weight_first_min_weight = args.min_weight
 
     def generate(variant: str) -> tuple[float, list[torch.Tensor]]:
         name, max_rows = variants[variant]
@@ -130,7 +140,7 @@ def main(argv=None) -> None:
             print(f"repetition {repetition + 1}/{args.repeats}: " + ", ".join(
                 f"{v} {seconds[v][-1]:.3f} s" for v in variants), flush=True)
     finally:
-        AttnMTLinear.weight_first_max_rows = default_rows
+        AttnMTLinear.weight_first_max_rows, AttnMTLinear.weight_first_min_weight = defaults
 
     def paired(a: str, b: str) -> list[float]:  # speed of a ÷ speed of b, per repetition
         return [tb / ta for ta, tb in zip(seconds[a], seconds[b])]
@@ -141,8 +151,9 @@ def main(argv=None) -> None:
         "weight-first ÷ Marian": paired("weight-first", "marian"),
         "F.linear ÷ Marian": paired("F.linear", "marian"),
     }
-    print(f"{args.model_config}, {mode}, {args.gen_batches}×32 sentences, 64 new tokens, {args.repeats} repetitions"
-          f"{', training steps between' if args.train_between else ''} — speed ratios, median (range):")
+    print(f"{args.model_config}, {mode}, {args.gen_batches}×{args.gen_batch_size} sentences, 64 new tokens, "
+          f"{args.repeats} repetitions, weight-first for ≤ {args.max_rows} rows and weights ≥ {args.min_weight:,} "
+          f"elements{', training steps between' if args.train_between else ''} — speed ratios, median (range):")
     for label, ratios in summary.items():
         print(f"  {label:26s} {statistics.median(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f})")
     if args.json:
