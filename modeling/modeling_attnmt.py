@@ -212,8 +212,9 @@ class AttnMTLinear(nn.Linear):
     38–63 µs). (W·xᵀ writes one row per output feature and reads the weight once in its stored order, a likely
     reason; not verified inside MKL.) So the weight-first order is used for at most `weight_first_max_rows` rows and
     a weight of at least `weight_first_min_weight` elements (1 MiB in float32), on a CPU; everything else, training
-    batches included, is the plain `F.linear`. The thresholds were measured on one kind of machine: on another
-    CPU or BLAS, `python benchmarks/weight_first_linear.py` tells whether they still pay.
+    batches included, is the plain `F.linear`. The thresholds were measured on 2-core AMD EPYC and Intel Xeon VMs with
+    MKL (the same crossover on both); on another CPU or BLAS, `python benchmarks/weight_first_linear.py` tells whether
+    they still pay.
 
     The result is made contiguous again, unless `transposed_output` (the LM head, whose logits generate() copies
     for its scores anyway): then it is the (…, out_features) view of the W·xᵀ product, column-major. It is an
