@@ -35,6 +35,7 @@ RECORDED_RUNS = {
     "run 19: run 11 with FFN 512": "benchmarks/results/multi30k_en_de_run19_ffn512_stopped.json",
     "run 20: run 11 + label smoothing 0.2": "benchmarks/results/multi30k_en_de_run20_label_smoothing02.json",
     "run 21: run 11 with 1,000 warm-up updates": "benchmarks/results/multi30k_en_de_run21_warmup1000_stopped.json",
+    "run 23: run 11 with dropout 0.2": "benchmarks/results/multi30k_en_de_run23_dropout02.json",
 }
 RECORDED_PLOT = "docs/multi30k_validation_curves.png"
 
