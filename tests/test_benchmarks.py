@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -84,3 +86,27 @@ def test_compiled_generation_benchmark_smoke(tmp_path):
                                                   "static+compile/ours": True, "static+compile/marian": True}
     assert not any(results["by_beam"]["2"]["compiled"].values())
     assert "generated the same tokens as `dynamic`" in run.stdout
+
+
+def test_mbr_select_picks_the_consensus_candidate():
+    """MBR returns the candidate with the highest expected utility: the consensus of the pseudo-references, or
+    the one the weights favour; bad input is refused with a message."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from mbr_decoding import UTILITIES, mbr_select, softmax
+
+    bleu = UTILITIES["bleu"]()
+    close = ["a man rides a red bike down the street", "a man rides a red bike down a street",
+             "a man rides a bike down the street"]
+    outlier = "two dogs are playing in deep snow"
+    candidates = [outlier] + close
+    # Uniform weights: the sentence closest to the others wins, not the first or the outlier.
+    assert mbr_select(candidates, candidates, bleu) == close[0]
+    # All weight on the outlier as pseudo-reference: it agrees with itself best.
+    assert mbr_select(candidates, candidates, bleu, weights=[1, 0, 0, 0]) == outlier
+    assert mbr_select(["x y", "x y"], ["x y"], bleu) == "x y"
+    weights = softmax([-1.0, -2.0, -3.0])
+    assert weights.sum() == pytest.approx(1.0) and weights[0] > weights[1] > weights[2]
+    with pytest.raises(ValueError, match="at least one candidate"):
+        mbr_select([], ["a"], bleu)
+    with pytest.raises(ValueError, match="2 weights for 1 pseudo-references"):
+        mbr_select(["a"], ["a"], bleu, weights=[0.5, 0.5])

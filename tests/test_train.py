@@ -621,3 +621,33 @@ def test_checkpoint_averaging_windows_reproduces_the_run_and_selects_on_validati
         assert results["winner_test"]["chrf"] > 0
     with pytest.raises(SystemExit, match="keeps 2 checkpoints"):
         checkpoint_averaging_windows.main([str(output_dir), "--windows", "3"])
+
+
+def test_mbr_decoding_benchmark_reproduces_the_runs_beam_search(trained_run, tmp_path):
+    """benchmarks/mbr_decoding.py: its beam-search row is the run's own validation score, the n-best list and the
+    samples have the asked sizes, and every MBR rule returns one of its candidates for each sentence."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import mbr_decoding
+
+    output_dir, _ = trained_run
+    out = tmp_path / "mbr.json"
+    results = mbr_decoding.main([str(output_dir / "model"), "--data_dir", str(MULTI30K), "--max_samples", "12",
+                                 "--max_new_tokens", "12", "--num_candidates", "3", "--num_samples", "2",
+                                 "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    saved = json.loads((output_dir / "all_results.json").read_text())
+    baseline = results["rows"]["beam 2 (the checkpoint's decoding)"]
+    assert baseline["chrf"] > 0 and baseline["chrf"] == pytest.approx(saved["validation"]["chrf"], abs=1e-9)
+    assert len(results["rows"]) == 2 + 7 and results["num_sentences"] == 12
+    assert all(0 <= row[k] <= 100 for row in results["rows"].values() for k in ("bleu", "bleu_lowercase", "chrf"))
+
+    model, tokenizer = mbr_decoding.load_model_and_tokenizer(str(output_dir / "model"))
+    sources = ["A man is riding a bike.", "Two dogs play in the snow."]
+    drawn = mbr_decoding.draw_candidates(model, tokenizer, sources, num_candidates=3, num_samples=2, epsilon=0.02,
+                                         batch_size=2, max_new_tokens=8, length_penalty=1.0)
+    assert [(len(d["beam"]), len(d["beam_scores"]), len(d["samples"])) for d in drawn] == [(3, 3, 2)] * 2
+    for name, candidates, pseudo, utility, weighting in mbr_decoding.variants(2):
+        chosen = mbr_decoding.apply_variant(drawn, candidates, pseudo, utility, weighting)
+        for d, text in zip(drawn, chosen):
+            pools = {"beam": d["beam"], "samples": d["samples"], "all": d["beam"] + d["samples"]}
+            assert text in pools[candidates], name
