@@ -37,6 +37,7 @@ RECORDED_RUNS = {
     "run 21: run 11 with 1,000 warm-up updates": "benchmarks/results/multi30k_en_de_run21_warmup1000_stopped.json",
     "run 23: run 11 with dropout 0.2": "benchmarks/results/multi30k_en_de_run23_dropout02.json",
     "run 25: run 11 with learning rate 7e-3": "benchmarks/results/multi30k_en_de_run25_lr7e-3.json",
+    "run 26: run 11 with 4k-token batches, 16,000 updates": "benchmarks/results/multi30k_en_de_run26_batch4k.json",
 }
 RECORDED_PLOT = "docs/multi30k_validation_curves.png"
 
