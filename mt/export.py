@@ -15,17 +15,19 @@ import os
 import shutil
 from pathlib import Path
 
-from modeling import AttnMTTranslationPipeline
+from modeling import AttnMTEnsembleForConditionalGeneration, AttnMTTranslationPipeline
 from mt.tokenizer import check_tokenizer_matches_config
 
 REQUIRED_CODE_FILES = ("configuration_attnmt.py", "modeling_attnmt.py", "pipeline_attnmt.py")
+# An ensemble's code imports the single model's, so its export carries both.
+ENSEMBLE_CODE_FILES = ("configuration_attnmt_ensemble.py", "modeling_attnmt_ensemble.py")
 
 
 def export_model(model, tokenizer, output_dir, model_card: str | None = None, max_shard_size=None) -> Path:
     """Save `model` and `tokenizer` into `output_dir`, replacing any previous export only on success.
 
     Args:
-        model: an `AttnMTForConditionalGeneration`.
+        model: an `AttnMTForConditionalGeneration` or an `AttnMTEnsembleForConditionalGeneration`.
         tokenizer: the tokenizer it was trained with; its special-token ids must equal the config's.
         output_dir: the folder to create or replace.
         model_card: text of README.md, written when given.
@@ -84,7 +86,10 @@ def _write_export(model, tokenizer, folder: Path, model_card: str | None, max_sh
             )
     if "translation" not in config.get("custom_pipelines", {}):
         raise RuntimeError("config.json has no custom_pipelines entry for the translation task.")
-    missing = [name for name in REQUIRED_CODE_FILES if not (folder / name).is_file()]
+    required = REQUIRED_CODE_FILES
+    if isinstance(model, AttnMTEnsembleForConditionalGeneration):
+        required += ENSEMBLE_CODE_FILES
+    missing = [name for name in required if not (folder / name).is_file()]
     if missing:
         raise RuntimeError(f"The export lacks the remote-code files {missing}.")
     if model_card is not None:

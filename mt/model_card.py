@@ -121,3 +121,64 @@ def render_model_card(model, config, results: dict, model_id: str | None = None)
         metrics=["bleu", "chrf"], model_name=Path(model_id).name, eval_results=eval_results(results, config, dataset),
     )
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+
+
+def _score(split_results: dict | None, key: str) -> str:
+    return f"{split_results[key]:.2f}" if split_results and key in split_results else "–"
+
+
+def render_ensemble_card(ensemble, summary: dict, model_id: str) -> str:
+    """Return the README.md text for an ensemble export (ensemble.py): what it is, how to load it, and each
+    member with the scores its own all_results.json records. The ensemble's own scores are added by
+    `eval.py --update_model_card` (Hub model-index metadata)."""
+    source_lang, target_lang = summary["config"]["source_lang"], summary["config"]["target_lang"]
+    direction = f"{source_lang}→{target_lang}" if source_lang and target_lang else "translation"
+    rows = []
+    for index, member in enumerate(summary["members"]):
+        c = ensemble.members[index].config
+        hours = f"{member['train_seconds'] / 3600:.2f} h" if member.get("train_seconds") else "–"
+        rows.append(
+            f"| {index} | `{Path(member['folder']).parent.name}/{Path(member['folder']).name}` | {member.get('seed', '–')} | "
+            f"{c.encoder_layers}+{c.decoder_layers} × {c.d_model} | {member['num_parameters']:,} | "
+            f"{_score(member.get('validation'), 'bleu')} | {_score(member.get('test'), 'bleu')} | "
+            f"{_score(member.get('test'), 'bleu_lowercase')} | {hours} |"
+        )
+    generation = ensemble.generation_config
+    languages = [lang for lang in (source_lang, target_lang) if lang]
+    data = ModelCardData(language=languages or None, license="apache-2.0", library_name="transformers",
+                         pipeline_tag="translation", tags=["translation", "attnmt", "ensemble", "custom_code"],
+                         model_name=model_id)
+    body = f"""# {model_id}: {direction} ensemble of {len(rows)} AttnMT models
+
+{len(rows)} independently trained AttnMT Transformers (the same tokenizer, different seeds) that translate
+together: at every decoding step the next-token distribution is the average of the members'
+distributions, p(y_t | y_<t, x) = 1/M · Σ_m p_m(y_t | y_<t, x). Beam search, the KV cache (one per
+member) and the `translation` pipeline work as with a single model; decoding costs about {len(rows)}× a
+single member's time.
+
+## Members
+
+| # | folder | seed | layers × d_model | parameters | val BLEU | test BLEU | test BLEU (lc) | training |
+|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Member scores are those recorded by `train.py` (beam {generation.num_beams}); the ensemble's own scores
+are in this card's metadata once `eval.py --update_model_card` has run on it.
+
+## Use
+
+```python
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+repo = "{model_id}"  # or a local folder
+tokenizer = AutoTokenizer.from_pretrained(repo, trust_remote_code=True)
+model = AutoModelForSeq2SeqLM.from_pretrained(repo, trust_remote_code=True)
+batch = tokenizer(["A man is riding a bicycle."], return_tensors="pt")
+print(tokenizer.batch_decode(model.generate(**batch), skip_special_tokens=True))
+member = model.members[0]  # a complete single model, usable (and savable) on its own
+```
+
+Decoding: beam {generation.num_beams}, length penalty {generation.length_penalty} (`generation_config.json`).
+Built with `ensemble.py --members ...` of the AttnMT repository; {summary['num_parameters']:,} parameters in all.
+"""
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
