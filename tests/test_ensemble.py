@@ -244,10 +244,11 @@ def test_ensemble_script_refuses_members_with_different_tokenizers(member_folder
 
     other_tokenizer = train_tokenizer(corpus["de"][:200] + corpus["en"][:200], vocab_size=400)
     stranger = save_checkpoint(tiny_model(seed=3), other_tokenizer, tmp_path / "stranger")
+    capsys.readouterr()  # the progress bar of saving the stranger
     code = ensemble_script.main(["--members", str(member_folders[0]), str(stranger), "--output_dir",
                                  str(tmp_path / "out")])
     assert code == 1
-    error = capsys.readouterr().err
+    error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: member") and "different vocabulary" in error and "share one tokenizer" in error
     assert not (tmp_path / "out").exists()
 
