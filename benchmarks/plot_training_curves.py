@@ -38,6 +38,8 @@ RECORDED_RUNS = {
     "run 23: run 11 with dropout 0.2": "benchmarks/results/multi30k_en_de_run23_dropout02.json",
     "run 25: run 11 with learning rate 7e-3": "benchmarks/results/multi30k_en_de_run25_lr7e-3.json",
     "run 26: run 11 with 4k-token batches, 16,000 updates": "benchmarks/results/multi30k_en_de_run26_batch4k.json",
+    "run 27: ensemble member, 6,000 updates, seed 42": "benchmarks/results/multi30k_en_de_run27_seed42_6000.json",
+    "run 27: ensemble member, 6,000 updates, seed 1": "benchmarks/results/multi30k_en_de_run27_seed1_6000.json",
 }
 RECORDED_PLOT = "docs/multi30k_validation_curves.png"
 
