@@ -22,6 +22,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_attnmt_ensemble import AttnMTEnsembleConfig
 from .modeling_attnmt import AttnMTForConditionalGeneration, AttnMTPreTrainedModel, cross_entropy, shift_tokens_right
@@ -186,6 +187,7 @@ class AttnMTEnsembleForConditionalGeneration(AttnMTPreTrainedModel, GenerationMi
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # the name generate() and older code use
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

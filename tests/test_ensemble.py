@@ -3,9 +3,6 @@ reference, generate() with and without the per-member cache, save/load with ever
 an export that loads in a fresh process, eval.py on an ensemble folder, and clear errors for bad members."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,9 +12,10 @@ import ensemble as ensemble_script
 from conftest import tiny_model
 from eval_fixtures import MULTI30K, multi30k_lines, run_eval, save_checkpoint
 from modeling import AttnMTEnsembleConfig, AttnMTEnsembleForConditionalGeneration, AttnMTForConditionalGeneration
+from modeling.modeling_attnmt_ensemble import AttnMTEnsembleCache
 from mt.export import export_model
 from mt.scoring import translate
-from test_export import FRESH_PROCESS_SCRIPT
+from test_export import load_in_fresh_process
 
 INPUT_IDS = torch.tensor([[5, 6, 7, 8, 2], [9, 10, 2, 0, 0]])
 DECODER_INPUT_IDS = torch.tensor([[1, 30, 31, 32, 33], [1, 40, 41, 42, 43]])
@@ -126,6 +124,27 @@ def test_the_per_member_cache_changes_nothing(ensemble, tokenizer, sources, num_
     assert cached.shape[1] > 3
 
 
+def test_step_by_step_decoding_with_the_cache_equals_the_full_forward(ensemble):
+    """One token at a time through the per-member cache, passed under the old name `past_key_values` as
+    well as `cache`, gives the logits of one forward over the whole target."""
+    T = DECODER_INPUT_IDS.shape[1]
+    with torch.no_grad():
+        full = ensemble(input_ids=INPUT_IDS, decoder_input_ids=DECODER_INPUT_IDS, use_cache=False).logits
+        encoder_outputs = ensemble.get_encoder()(input_ids=INPUT_IDS)
+        first = ensemble(encoder_outputs=encoder_outputs, decoder_input_ids=DECODER_INPUT_IDS[:, :1], use_cache=True)
+        cache, steps = first.cache, [first.logits]
+        assert isinstance(cache, AttnMTEnsembleCache) and cache.get_seq_length() == 1
+        for t in range(1, T):
+            name = "past_key_values" if t % 2 else "cache"
+            out = ensemble(encoder_outputs=encoder_outputs, decoder_input_ids=DECODER_INPUT_IDS[:, t:t + 1],
+                           use_cache=True, **{name: cache})
+            assert out.cache is cache and cache.get_seq_length() == t + 1
+            steps.append(out.logits)
+    incremental = torch.cat(steps, dim=1)
+    assert incremental.shape == full.shape
+    torch.testing.assert_close(incremental, full, atol=1e-4, rtol=1e-4)
+
+
 def test_beam_scores_are_the_ensemble_sequence_log_probabilities(ensemble, tokenizer, sources):
     """Beam search ranks by the ensemble's own log-probabilities: re-scoring the returned sequence with a
     forward pass gives the reported score (length penalty 1: the sum divided by the length)."""
@@ -175,14 +194,7 @@ def test_save_and_load_keep_every_members_weights_and_ties(ensemble, tmp_path):
 def test_export_loads_in_a_fresh_process_without_the_repo(ensemble, tokenizer, sources, tmp_path):
     folder = tmp_path / "exported-ensemble"
     export_model(ensemble, tokenizer, folder)
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    completed = subprocess.run([sys.executable, "-c", FRESH_PROCESS_SCRIPT, str(folder), json.dumps(sources)],
-                               cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    result = load_in_fresh_process(folder, sources, tmp_path)
     assert result["repo_importable"] is False
     assert (result["model_type"], result["model_class"]) == ("attnmt_ensemble", "AttnMTEnsembleForConditionalGeneration")
     assert result["model_module"].startswith("transformers_modules.")

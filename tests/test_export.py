@@ -253,9 +253,8 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
 )
 
 
-def test_export_loads_in_a_fresh_process_without_the_repo(tmp_path, trained_model, tokenizer, sources):
-    folder = tmp_path / "exported-attnmt"
-    export_model(trained_model, tokenizer, folder)
+def load_in_fresh_process(folder: Path, sources: list[str], tmp_path: Path) -> dict:
+    """Run FRESH_PROCESS_SCRIPT on an exported folder in a new interpreter, outside the repo, offline."""
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
@@ -269,7 +268,13 @@ def test_export_loads_in_a_fresh_process_without_the_repo(tmp_path, trained_mode
         timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_export_loads_in_a_fresh_process_without_the_repo(tmp_path, trained_model, tokenizer, sources):
+    folder = tmp_path / "exported-attnmt"
+    export_model(trained_model, tokenizer, folder)
+    result = load_in_fresh_process(folder, sources, tmp_path)
 
     assert result["repo_importable"] is False
     assert result["model_type"] == "attnmt"
