@@ -41,6 +41,7 @@ from mt.batching import LengthGroupedBatchSampler
 from mt.bidirectional import BidirectionalTrainSet, check_tokenizer_encodes_both_sides_alike
 from mt.bpe_dropout import BPEDropoutTrainSet
 from mt.config import TrainingConfig, load_config, load_model_preset
+from mt.cpu_memory import keep_freed_memory
 from mt.data import CorpusSpec, drop_blank_pairs, load_split
 from mt.export import export_model
 from mt.model_card import render_model_card
@@ -610,6 +611,8 @@ def push_to_hub(folder: Path, repo_id: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     config = load_config(argv)
+    if config.keep_freed_memory:
+        keep_freed_memory()  # before the first large tensor: see mt/cpu_memory.py
     # accelerate keeps its settings (mixed precision, cpu) in a process-wide singleton; a second main() in the
     # same process (tests, notebooks) must be allowed other settings. The process group itself is kept.
     AcceleratorState._reset_state()

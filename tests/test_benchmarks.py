@@ -110,3 +110,24 @@ def test_mbr_select_picks_the_consensus_candidate():
         mbr_select([], ["a"], bleu)
     with pytest.raises(ValueError, match="2 weights for 1 pseudo-references"):
         mbr_select(["a"], ["a"], bleu, weights=[0.5, 0.5])
+
+
+def test_keep_freed_memory_benchmark_smoke(tmp_path):
+    """Every variant is timed in every repetition, and each ratio is the median of its per-repetition quotients."""
+    out = tmp_path / "keep.json"
+    command = [sys.executable, "benchmarks/keep_freed_memory.py", "--model_config", "configs/model/tiny.yaml",
+               "--vocab_size", "600", "--max_tokens", "512", "--repeats", "2", "--steps", "1", "--warmup_steps", "1",
+               "--threads", "1", "--cache_dir", str(tmp_path / "cache"), "--json", str(out)]
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    variants = {"default/sdpa", "default/eager", "keep/sdpa", "keep/eager"}
+    assert set(results["tokens_per_second"]) == set(results["raw_tokens_per_second"]) == variants
+    raw = results["raw_tokens_per_second"]
+    assert all(len(values) == 2 and min(values) > 0 for values in raw.values())
+    row = results["ratios"]["keep ÷ default (eager)"]
+    assert row["per_repetition"] == pytest.approx([k / d for k, d in zip(raw["keep/eager"], raw["default/eager"])])
+    assert row["min"] <= row["median"] <= row["max"]
+    assert results["machine"]["threads"] == 1
+    assert f"{row['median']:.3f}" in run.stdout
