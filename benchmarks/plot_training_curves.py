@@ -40,6 +40,7 @@ RECORDED_RUNS = {
     "run 26: run 11 with 4k-token batches, 16,000 updates": "benchmarks/results/multi30k_en_de_run26_batch4k.json",
     "run 27: ensemble member, 6,000 updates, seed 42": "benchmarks/results/multi30k_en_de_run27_seed42_6000.json",
     "run 27: ensemble member, 6,000 updates, seed 1": "benchmarks/results/multi30k_en_de_run27_seed1_6000.json",
+    "run 28: the preset shortened to 4,000 updates": "benchmarks/results/multi30k_en_de_run28_4k.json",
 }
 RECORDED_PLOT = "docs/multi30k_validation_curves.png"
 
