@@ -122,6 +122,12 @@ def trained_language_pair(model_name_or_path: str) -> tuple[str, str] | None:
     return None
 
 
+def checkpoint_language_pair(model_dir: str) -> tuple[str, str] | None:
+    """The pair a checkpoint folder was trained on: train.py's all_results.json sits beside `model/` and `best/` (in
+    the parent folder) or, for a folder copied elsewhere, in it."""
+    return trained_language_pair(str(Path(model_dir).parent)) or trained_language_pair(model_dir)
+
+
 def corpus_spec(args: argparse.Namespace) -> CorpusSpec:
     return CorpusSpec(
         source_lang=args.source_lang,

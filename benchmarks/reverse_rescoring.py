@@ -36,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from eval import load_corpus, load_model_and_tokenizer, trained_language_pair  # noqa: E402
+from eval import checkpoint_language_pair, load_corpus, load_model_and_tokenizer  # noqa: E402
 from mt.data import CorpusSpec  # noqa: E402
 from mt.scoring import load_metrics, score_translations  # noqa: E402
 
@@ -149,7 +149,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.num_beams is not None and args.num_beams < 2:
         parser.error("--num_beams takes 2 or more (the n-best list needs two candidates)")
     if args.source_lang is None or args.target_lang is None:
-        trained = trained_language_pair(str(Path(args.model).parent)) or trained_language_pair(args.model)
+        trained = checkpoint_language_pair(args.model)
         if trained is None:
             parser.error(f"--source_lang and --target_lang are required: {args.model} records no language pair")
         args.source_lang, args.target_lang = args.source_lang or trained[0], args.target_lang or trained[1]
