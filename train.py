@@ -3,6 +3,8 @@
     python train.py --config configs/train/multi30k_en_de.yaml
     accelerate launch --multi_gpu --num_processes 2 train.py --config ... --cpu     # 2 CPU processes
     python train.py --config ... --resume_from_checkpoint latest                   # continue a stopped run
+    python train.py --config ... --branch_from RUN/checkpoints/step_0005000 --seed 1 --output_dir RUN_s1
+                                                          # continue another run with new randomness (ensembles)
 
 Reads top to bottom: load_config -> build_tokenizer -> build_model -> build_dataloaders -> train
 (with evaluate every eval_steps) -> finalize (best or averaged weights, test BLEU, model card, export,
@@ -106,6 +108,9 @@ def build_tokenizer(config: TrainingConfig, splits: dict, accelerator: Accelerat
     if config.model_name_or_path:
         return AutoTokenizer.from_pretrained(config.model_name_or_path, trust_remote_code=True)
     folder = Path(config.output_dir) / "tokenizer"
+    if config.branch_from and accelerator.is_main_process and not (folder / "tokenizer.json").is_file():
+        # A branch reads the token ids its parent trained on: the parent's tokenizer, not a new one.
+        shutil.copytree(branch_parent_tokenizer(config), folder, dirs_exist_ok=True)
     if accelerator.is_main_process and not (folder / "tokenizer.json").is_file():
         train, extra = splits["train"], splits.get("extra_train", {})
         texts = itertools.chain((text for column in ("source", "target") for text in train[column]),
@@ -310,13 +315,31 @@ def resolve_resume(config: TrainingConfig) -> Path | None:
         found = list_checkpoints(config.output_dir)
         if not found:
             logger.warning(f"--resume_from_checkpoint latest: no checkpoint in {config.output_dir}/checkpoints; "
-                           "starting from scratch")
+                           + (f"branching from {config.branch_from}" if config.branch_from else "starting from scratch"))
             return None
         return found[-1]
     path = Path(config.resume_from_checkpoint)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint of this script (no {STATE_FILE}).")
     return path
+
+
+def resolve_branch(config: TrainingConfig) -> Path:
+    """The checkpoint folder a branch starts from (--branch_from), checked before any work is done."""
+    path = Path(config.branch_from)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"--branch_from {path}: not a checkpoint of this script (no {STATE_FILE}); give one "
+                                f"of the parent run's checkpoint folders, e.g. PARENT/checkpoints/step_0004000.")
+    return path
+
+
+def branch_parent_tokenizer(config: TrainingConfig) -> Path:
+    """The tokenizer of the run a checkpoint belongs to (PARENT/checkpoints/step_N -> PARENT/tokenizer)."""
+    folder = resolve_branch(config).resolve().parents[1] / "tokenizer"
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"--branch_from {config.branch_from}: the parent run's tokenizer is not at {folder}; "
+                                "branch from a checkpoint inside the parent's output_dir (PARENT/checkpoints/step_N).")
+    return folder
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
@@ -381,6 +404,18 @@ def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
         accelerator.load_state(str(resume))
         state = json.loads((resume / STATE_FILE).read_text())
         logger.info(f"resumed from {resume} at step {state['completed_steps']} (epoch {state['epoch']})")
+    elif config.branch_from:
+        parent = resolve_branch(config)
+        accelerator.load_state(str(parent))
+        state = json.loads((parent / STATE_FILE).read_text())
+        # load_state put back the parent's random streams; from here on this run's own seed draws the dropout
+        # masks, and the sampler (seeded with it) orders the rest of this epoch and every later one. The
+        # parent's validations stay in the history; the best checkpoint is chosen among the branch's own.
+        set_seed(config.seed)
+        state.update(best_bleu=-1.0, best_step=None, evaluations_without_improvement=0,
+                     branched_from={"checkpoint": str(parent), "step": state["completed_steps"], "seed": config.seed})
+        logger.info(f"branched from {parent} at step {state['completed_steps']} (epoch {state['epoch']}) with "
+                    f"seed {config.seed}")
 
     every = int(config.checkpointing_steps) if str(config.checkpointing_steps).isdigit() else None
     bidirectional_note = (f" (the first {config.bidirectional_epochs} in both directions: {bidirectional_updates} "
@@ -560,6 +595,8 @@ def finalize(config, state, tokenizer, splits, accelerator, metrics, started: fl
         config=config.to_dict(),
         history=state["history"],
     )
+    if "branched_from" in state:
+        results["branched_from"] = state["branched_from"]
     if accelerator.is_main_process:
         # The measured figures first: a failure while exporting (a model card template edited during the run,
         # a full disk) then loses nothing that took hours, and a resumed run only repeats the final evaluation.

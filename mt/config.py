@@ -87,6 +87,7 @@ class TrainingConfig:
     checkpointing_steps: str | None = field(default="epoch", metadata={"help": "'epoch', an integer N (every N updates), or empty for none."})
     keep_last_checkpoints: int = 3
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "A checkpoint folder, or 'latest'."})
+    branch_from: str | None = field(default=None, metadata={"help": "Continue another run from one of its checkpoint folders (weights, optimizer moments, learning-rate schedule, update count, validation history) with this run's --seed for everything random from there on (dropout masks, the order of the remaining batches) and this run's --output_dir: ensemble members that share their first updates (ensemble.py; benchmarks/RESULTS.md, run 29). The parent's tokenizer is copied. With --resume_from_checkpoint latest, checkpoints the branch has written itself take precedence, so the same command resumes it."})
     average_last_checkpoints: int = field(default=0, metadata={"help": "Also try the average of the last N checkpoints; keep it if its validation BLEU is higher."})
     num_beams: int = 5
     length_penalty: float = 1.0
@@ -239,8 +240,8 @@ def load_config(argv: list[str] | None = None) -> TrainingConfig:
             values[name] = resolve_path(values[name])
     # An empty flag clears a preset value: `--test_split ""`, `--data_dir ""` to use another corpus source, or
     # `--model_config ""` to fine-tune (`--model_name_or_path`) with a from-scratch preset's other settings.
-    for name in ("model_config", "test_split", "checkpointing_steps", "resume_from_checkpoint", "data_dir", "dataset_name",
-                 "dataset_config_name", "train_file", "validation_file", "test_file"):
+    for name in ("model_config", "test_split", "checkpointing_steps", "resume_from_checkpoint", "branch_from", "data_dir",
+                 "dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file"):
         if values.get(name) == "":
             values[name] = None
     config = TrainingConfig(**values)

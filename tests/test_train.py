@@ -154,6 +154,51 @@ def test_resume_reaches_the_same_weights(trained_run, tmp_path, monkeypatch):
     assert (output_dir / "model" / "README.md").is_file() and (output_dir / "model" / "all_results.json").is_file()
 
 
+def test_branch_continues_the_parents_state_with_its_own_randomness(trained_run, tmp_path):
+    """--branch_from: the parent's weights, AdamW moments, schedule, update count and history, then this run's
+    seed; the parent's folder is left alone, and the branch, stopped and run again, resumes its own checkpoint."""
+    parent_dir, parent_results = trained_run
+    start = parent_dir / "checkpoints" / "step_0000004"
+    parent_checkpoints = sorted(p.name for p in (parent_dir / "checkpoints").iterdir())
+    flags = TINY + ["--branch_from", str(start), "--seed", "7", "--checkpointing_steps", "2"]
+    branch = tmp_path / "branch"
+    results = train.main(flags + ["--output_dir", str(branch)])
+
+    assert (branch / "tokenizer" / "tokenizer.json").read_bytes() == \
+        (parent_dir / "tokenizer" / "tokenizer.json").read_bytes()
+    assert results["completed_steps"] == 8 and [h["step"] for h in results["history"]] == [4, 8]
+    assert results["history"][0] == parent_results["history"][0]  # the shared part's validation
+    assert results["branched_from"] == {"checkpoint": str(start), "step": 4, "seed": 7}
+    assert sorted(p.name for p in (branch / "checkpoints").iterdir())[0] == "step_0000006"  # its own only
+    # AdamW continued the parent's moments: 8 steps taken, not the 4 of a fresh optimizer.
+    optimizer = torch.load(branch / "checkpoints" / "step_0000008" / "optimizer.bin", weights_only=False)
+    assert {int(s["step"]) for s in optimizer["state"].values()} == {8}
+    parent_at_8 = load_file(str(parent_dir / "checkpoints" / "step_0000008" / "model.safetensors"))
+    branch_at_8 = load_file(str(branch / "checkpoints" / "step_0000008" / "model.safetensors"))
+    changed = [name for name in parent_at_8 if not torch.equal(parent_at_8[name], branch_at_8[name])]
+    assert len(changed) == len(parent_at_8), "the branch drew the parent's batches or dropout masks"
+    # ... yet it started from the parent's weights: four updates from them, not from a new initialisation.
+    parent_at_4 = load_file(str(start / "model.safetensors"))
+    name = "model.shared.weight" if "model.shared.weight" in parent_at_4 else next(iter(parent_at_4))
+    moved_from_parent = (branch_at_8[name] - parent_at_4[name]).norm()
+    moved_parent = (parent_at_8[name] - parent_at_4[name]).norm()
+    assert moved_from_parent < 2 * moved_parent
+    assert sorted(p.name for p in (parent_dir / "checkpoints").iterdir()) == parent_checkpoints
+
+    # Stopped at update 6 and started again with the same command plus --resume_from_checkpoint latest: the
+    # branch's own checkpoint wins over --branch_from, and the weights at 8 are the uninterrupted branch's.
+    again = tmp_path / "again"
+    train.main(flags + ["--output_dir", str(again), "--max_train_steps", "6"])
+    resumed = train.main(flags + ["--output_dir", str(again), "--resume_from_checkpoint", "latest"])
+    assert resumed["branched_from"]["step"] == 4 and resumed["completed_steps"] == 8
+    again_at_8 = load_file(str(again / "checkpoints" / "step_0000008" / "model.safetensors"))
+    for name in branch_at_8:
+        torch.testing.assert_close(again_at_8[name], branch_at_8[name], rtol=0, atol=0, msg=name)
+
+    with pytest.raises(FileNotFoundError, match="not a checkpoint of this script.*PARENT/checkpoints/step_"):
+        train.main(TINY + ["--branch_from", str(parent_dir), "--output_dir", str(tmp_path / "wrong")])
+
+
 def test_resume_after_an_epoch_boundary_and_between_validations_is_exact(trained_run, tmp_path):
     """40 pairs in batches of 16 are 3 batches per epoch. A run stopped at update 5 (epoch 2, not a validation
     step: the stopped run validates once more before its last checkpoint) resumes to the uninterrupted weights,
