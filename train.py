@@ -469,6 +469,11 @@ def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
     # With max_train_steps the step count decides (BPE-dropout epochs vary by a few batches); otherwise epochs do.
     # A run resumed from its last checkpoint (a crash or a cut-off during the final evaluation) trains no further.
     stop = state["completed_steps"] >= max_steps
+
+    def pause_here() -> bool:  # --stop_at_step: exit as if interrupted, the schedule left as it is
+        return config.stop_at_step is not None and state["completed_steps"] >= config.stop_at_step
+
+    stop = stop or pause_here()
     while not stop and (config.max_train_steps is not None or state["epoch"] < num_epochs):
         if isinstance(train_set, BPEDropoutTrainSet) and not first_epoch:
             train_sampler.set_lengths(*train_set.resegment(accelerator))
@@ -528,7 +533,7 @@ def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
                 stop = run_validation()
             if every and step % every == 0:
                 save_checkpoint(accelerator, state, config)
-            if step >= max_steps or stop:
+            if step >= max_steps or stop or pause_here():
                 stop = True
                 break
         else:
@@ -539,6 +544,12 @@ def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
             if config.checkpointing_steps == "epoch":
                 save_checkpoint(accelerator, state, config)
     progress.close()
+    if pause_here() and state["completed_steps"] < max_steps:
+        if not list_checkpoints(config.output_dir) or list_checkpoints(config.output_dir)[-1].name != \
+                f"step_{state['completed_steps']:07d}":
+            save_checkpoint(accelerator, state, config)
+        state["paused"] = True
+        return state
     if not state["history"] or state["history"][-1]["step"] != state["completed_steps"]:
         run_validation()
     if not list_checkpoints(config.output_dir) or list_checkpoints(config.output_dir)[-1].name != \
@@ -683,6 +694,14 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(config, tokenizer)
     metrics = load_metrics()
     state = train(config, model, tokenizer, splits, accelerator, metrics)
+    if state.get("paused"):
+        checkpoint = list_checkpoints(config.output_dir)[-1]
+        logger.info(f"paused at update {state['completed_steps']} (--stop_at_step) -> {checkpoint}; continue with "
+                    f"--resume_from_checkpoint latest, or branch with --branch_from {checkpoint}")
+        if config.with_tracking:
+            accelerator.end_training()
+        return {"paused_at_step": state["completed_steps"], "checkpoint": str(checkpoint), "history": state["history"],
+                "train_seconds": round(state["train_seconds"], 1)}
     results = finalize(config, state, tokenizer, splits, accelerator, metrics, started)
     summary = " | ".join(f"{split} BLEU {results[split]['bleu']:.2f} (lc {results[split]['bleu_lowercase']:.2f}, "
                          f"chrF {results[split]['chrf']:.2f})" for split in ("validation", "test") if split in results)

@@ -41,6 +41,7 @@ RECORDED_RUNS = {
     "run 27: ensemble member, 6,000 updates, seed 42": "benchmarks/results/multi30k_en_de_run27_seed42_6000.json",
     "run 27: ensemble member, 6,000 updates, seed 1": "benchmarks/results/multi30k_en_de_run27_seed1_6000.json",
     "run 28: the preset shortened to 4,000 updates": "benchmarks/results/multi30k_en_de_run28_4k.json",
+    "run 29: branch of one run at update 5,000, seed 1": "benchmarks/results/multi30k_en_de_run29_branch_seed1.json",
 }
 RECORDED_PLOT = "docs/multi30k_validation_curves.png"
 

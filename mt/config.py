@@ -68,6 +68,7 @@ class TrainingConfig:
     num_warmup_steps: int = 1000
     num_train_epochs: int = 10
     max_train_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimizer updates (overrides epochs)."})
+    stop_at_step: int | None = field(default=None, metadata={"help": "Pause after this update as if interrupted: save a checkpoint and exit without the final evaluation or export, the learning-rate schedule unchanged (it still runs to max_train_steps). Continue with --resume_from_checkpoint latest, or start ensemble members from the checkpoint with --branch_from."})
     label_smoothing: float = 0.1
     rdrop_alpha: float = field(default=0.0, metadata={"help": "R-Drop: run each batch twice and penalise disagreement between the two passes' predictions by the KL weight alpha, as in Liang et al. 2021 (0 = off; 5 in the paper; about 2× the compute per update)."})
     source_token_dropout: float = field(default=0.0, metadata={"help": "Token dropout: replace each source token of a training batch with <unk> with this probability (mt/token_dropout.py; 0 = off)."})
@@ -120,10 +121,13 @@ class TrainingConfig:
             if getattr(self, name) <= 0:
                 fail(f"{name} must be positive, got {getattr(self, name)}.")
         for name in ("max_train_samples", "max_eval_samples", "max_test_samples", "max_tokens_per_batch", "max_train_steps",
-                     "eval_steps", "early_stopping_patience"):
+                     "stop_at_step", "eval_steps", "early_stopping_patience"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 fail(f"{name} must be positive when set, got {value}.")
+        if self.stop_at_step is not None and self.max_train_steps is not None and self.stop_at_step >= self.max_train_steps:
+            fail(f"stop_at_step={self.stop_at_step} is not before max_train_steps={self.max_train_steps}: the run would "
+                 "end there anyway; drop stop_at_step, or give a smaller one to pause the run.")
         if self.learning_rate <= 0:
             fail(f"learning_rate must be positive, got {self.learning_rate}.")
         if self.num_warmup_steps < 0 or self.num_train_epochs <= 0 or self.keep_last_checkpoints < 1:

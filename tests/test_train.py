@@ -199,6 +199,30 @@ def test_branch_continues_the_parents_state_with_its_own_randomness(trained_run,
         train.main(TINY + ["--branch_from", str(parent_dir), "--output_dir", str(tmp_path / "wrong")])
 
 
+def test_stop_at_step_pauses_without_changing_the_schedule(tmp_path):
+    """--stop_at_step 5 on a cosine schedule over 8 updates: a checkpoint at 5 and no export; resumed, the run ends
+    with the weights of the uninterrupted run (--max_train_steps 5 instead would have decayed to zero at 5)."""
+    flags = TINY + ["--lr_scheduler_type", "cosine", "--num_warmup_steps", "2", "--eval_steps", "8",
+                    "--checkpointing_steps", "8", "--test_split", ""]
+    reference, paused = tmp_path / "reference", tmp_path / "paused"
+    train.main(flags + ["--output_dir", str(reference)])
+    result = train.main(flags + ["--output_dir", str(paused), "--stop_at_step", "5"])
+    assert result["paused_at_step"] == 5 and result["checkpoint"].endswith("step_0000005")
+    assert sorted(p.name for p in (paused / "checkpoints").iterdir()) == ["step_0000005"]
+    assert not (paused / "model").exists() and not (paused / "all_results.json").exists()
+    # Run again with the same flags: already there, nothing more to do.
+    assert train.main(flags + ["--output_dir", str(paused), "--stop_at_step", "5",
+                               "--resume_from_checkpoint", "latest"])["paused_at_step"] == 5
+    resumed = train.main(flags + ["--output_dir", str(paused), "--resume_from_checkpoint", "latest"])
+    assert resumed["completed_steps"] == 8 and (paused / "model" / "model.safetensors").is_file()
+    expected = load_file(str(reference / "checkpoints" / "step_0000008" / "model.safetensors"))
+    got = load_file(str(paused / "checkpoints" / "step_0000008" / "model.safetensors"))
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    with pytest.raises(ValueError, match="stop_at_step=8 is not before max_train_steps=8"):
+        train.main(flags + ["--output_dir", str(tmp_path / "no"), "--stop_at_step", "8"])
+
+
 def test_resume_after_an_epoch_boundary_and_between_validations_is_exact(trained_run, tmp_path):
     """40 pairs in batches of 16 are 3 batches per epoch. A run stopped at update 5 (epoch 2, not a validation
     step: the stopped run validates once more before its last checkpoint) resumes to the uninterrupted weights,
