@@ -544,17 +544,19 @@ def train(config, model, tokenizer, splits, accelerator, metrics) -> dict:
             if config.checkpointing_steps == "epoch":
                 save_checkpoint(accelerator, state, config)
     progress.close()
-    if pause_here() and state["completed_steps"] < max_steps:
+
+    def save_unless_saved():  # the loop saves on its own schedule; the last update must be in a checkpoint too
         if not list_checkpoints(config.output_dir) or list_checkpoints(config.output_dir)[-1].name != \
                 f"step_{state['completed_steps']:07d}":
             save_checkpoint(accelerator, state, config)
+
+    if pause_here() and state["completed_steps"] < max_steps:
+        save_unless_saved()
         state["paused"] = True
         return state
     if not state["history"] or state["history"][-1]["step"] != state["completed_steps"]:
         run_validation()
-    if not list_checkpoints(config.output_dir) or list_checkpoints(config.output_dir)[-1].name != \
-            f"step_{state['completed_steps']:07d}":
-        save_checkpoint(accelerator, state, config)
+    save_unless_saved()
     return state
 
 
