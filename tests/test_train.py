@@ -184,6 +184,12 @@ def test_branch_continues_the_parents_state_with_its_own_randomness(trained_run,
     moved_parent = (parent_at_8[name] - parent_at_4[name]).norm()
     assert moved_from_parent < 2 * moved_parent
     assert sorted(p.name for p in (parent_dir / "checkpoints").iterdir()) == parent_checkpoints
+    # With the parent's own seed the batch order is the parent's; the branch still draws new dropout masks
+    # (its random streams restart from the seed instead of continuing the parent's).
+    same_seed = tmp_path / "same_seed"
+    train.main(TINY + ["--branch_from", str(start), "--seed", "42", "--output_dir", str(same_seed)])
+    same_seed_at_8 = load_file(str(same_seed / "checkpoints" / "step_0000008" / "model.safetensors"))
+    assert not torch.equal(same_seed_at_8[name], parent_at_8[name])
 
     # Stopped at update 6 and started again with the same command plus --resume_from_checkpoint latest: the
     # branch's own checkpoint wins over --branch_from, and the weights at 8 are the uninterrupted branch's.
