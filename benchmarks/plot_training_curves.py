@@ -43,6 +43,8 @@ RECORDED_RUNS = {
     "run 28: the preset shortened to 4,000 updates": "benchmarks/results/multi30k_en_de_run28_4k.json",
     "run 29: branch of one run at update 5,000, seed 1": "benchmarks/results/multi30k_en_de_run29_branch_seed1.json",
     "run 30: run 11 with weight decay 0.05": "benchmarks/results/multi30k_en_de_run30_weight_decay005.json",
+    "run 31: ensemble member, 6,000 updates, seed 2": "benchmarks/results/multi30k_en_de_run31_seed2_6000.json",
+    "run 31: ensemble member, 6,000 updates, seed 3": "benchmarks/results/multi30k_en_de_run31_seed3_6000.json",
 }
 RECORDED_PLOT = "docs/multi30k_validation_curves.png"
 
