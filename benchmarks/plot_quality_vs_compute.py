@@ -50,6 +50,7 @@ SINGLE_RUNS = {
     "run 30": "multi30k_en_de_run30_weight_decay005.json",
     "run 31 seed 2": "multi30k_en_de_run31_seed2_6000.json",
     "run 31 seed 3": "multi30k_en_de_run31_seed3_6000.json",
+    "run 32": "multi30k_en_de_run32_weight_decay005_seed4.json",
 }
 # Ensembles: their record (with the ensemble's scores) and the records of the members whose training they cost.
 ENSEMBLES = {
@@ -60,6 +61,19 @@ ENSEMBLES = {
     "run 31: 6k + 6k + 8k": ("multi30k_en_de_run31_three_member_ensemble_over_budget.json",
                              ["multi30k_en_de_run31_seed2_6000.json", "multi30k_en_de_run31_seed3_6000.json",
                               "multi30k_en_de_run30_weight_decay005.json"]),
+    "run 32: 2 × 8k": ("multi30k_en_de_run32_two_8k_members_over_budget.json",
+                       ["multi30k_en_de_run30_weight_decay005.json", "multi30k_en_de_run32_weight_decay005_seed4.json"]),
+    "run 32: 6k + 8k (seed 3)": ("multi30k_en_de_run32_combo_6k_8k.json",
+                                 ["multi30k_en_de_run31_seed3_6000.json", "multi30k_en_de_run32_weight_decay005_seed4.json"]),
+    "run 32: 6k + 8k (seed 2)": ("multi30k_en_de_run32_combo_6k_8k_b.json",
+                                 ["multi30k_en_de_run31_seed2_6000.json", "multi30k_en_de_run32_weight_decay005_seed4.json"]),
+    "run 32: 6k + 6k + 8k": ("multi30k_en_de_run32_combo_6k_6k_8k.json",
+                             ["multi30k_en_de_run31_seed2_6000.json", "multi30k_en_de_run31_seed3_6000.json",
+                              "multi30k_en_de_run32_weight_decay005_seed4.json"]),
+    "run 32: 6k + 6k + 8k + 8k": ("multi30k_en_de_run32_combo_four_members.json",
+                                  ["multi30k_en_de_run31_seed2_6000.json", "multi30k_en_de_run31_seed3_6000.json",
+                                   "multi30k_en_de_run30_weight_decay005.json",
+                                   "multi30k_en_de_run32_weight_decay005_seed4.json"]),
     "run 29: 2 branches of one run": ("multi30k_en_de_run29_branched_ensemble.json",
                                       ["multi30k_en_de_run29_branch_seed1.json", "multi30k_en_de_run29_branch_seed2.json"]),
 }

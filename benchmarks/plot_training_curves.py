@@ -30,7 +30,7 @@ RECORDED_GROUPS = {
         "run 11: run 4 + 11 bidirectional epochs (preset)": "benchmarks/results/multi30k_en_de_run11_bidirectional.json",
         "run 12: run 11 for 12,000 updates": "benchmarks/results/multi30k_en_de_run12_12k_bidirectional.json",
     }),
-    "preset_changes": ("One change to the preset at a time (runs 13-30)", {
+    "preset_changes": ("One change to the preset at a time (runs 13-32)", {
         "run 11: run 4 + 11 bidirectional epochs (preset)": "benchmarks/results/multi30k_en_de_run11_bidirectional.json",
         "run 13: run 11 + R-Drop, half batches": "benchmarks/results/multi30k_en_de_run13_rdrop_stopped.json",
         "run 14: run 11 with 20 bidirectional epochs": "benchmarks/results/multi30k_en_de_run14_bidirectional20.json",
@@ -44,6 +44,7 @@ RECORDED_GROUPS = {
         "run 25: run 11 with learning rate 7e-3": "benchmarks/results/multi30k_en_de_run25_lr7e-3.json",
         "run 26: run 11 with 4k-token batches, 16,000 updates": "benchmarks/results/multi30k_en_de_run26_batch4k.json",
         "run 30: run 11 with weight decay 0.05": "benchmarks/results/multi30k_en_de_run30_weight_decay005.json",
+        "run 32: run 30 with seed 4": "benchmarks/results/multi30k_en_de_run32_weight_decay005_seed4.json",
     }),
     "short_runs": ("Shorter runs: ensemble members and branches (runs 27-31)", {
         "run 11: run 4 + 11 bidirectional epochs (preset)": "benchmarks/results/multi30k_en_de_run11_bidirectional.json",
